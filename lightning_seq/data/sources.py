@@ -1,0 +1,256 @@
+"""Reading text corpora into train/val/test lists of documents.
+
+A source is one of:
+
+* ``None`` (or ``"embedded:pydoc"``): the embedded corpus, see :mod:`lightning_seq.data.embedded`;
+* a local file, folder (searched recursively) or glob of ``.txt``, ``.jsonl``/``.json``, ``.csv``
+  or ``.parquet`` files. A ``.txt`` file is one document; the other formats hold one document per
+  row in ``text_column`` and are read with Hugging Face ``datasets``, the same code path as hub
+  datasets. A file whose name contains ``train``, ``validation``/``valid``/``val``/``dev`` or
+  ``test`` (as a separate word) belongs to that split; other files belong to ``train``;
+* a Hugging Face ``datasets`` name (``"wikitext"`` with ``dataset_config="wikitext-2-raw-v1"``),
+  used when the network allows.
+
+Splits the source does not provide are carved deterministically from the end of ``train``.
+"""
+
+import glob
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from lightning_seq.data.embedded import PYDOC_SOURCE, pydoc_fingerprint, pydoc_topics
+from lightning_seq.errors import InputError
+
+SPLITS = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": ("train", "training"),
+    "val": ("validation", "valid", "val", "dev"),
+    "test": ("test", "testing"),
+}
+FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+Corpus = dict[str, list[str]]
+
+
+def is_embedded(source: str | None) -> bool:
+    return source is None or source == PYDOC_SOURCE
+
+
+def resolve_files(source: str) -> list[Path] | None:
+    """The local files a source names, or None when it does not look like a local path.
+
+    Raises:
+        InputError: the source looks like a path but names nothing readable.
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS)
+        if not files:
+            raise InputError(
+                f"data.source: folder '{source}' holds no {', '.join(FORMATS)} files. "
+                "Fix: point data.source at a folder or file of text."
+            )
+        return files
+    if glob.has_magic(source):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(source), recursive=True))
+        files = [p for p in files if p.is_file()]
+        if not files:
+            raise InputError(f"data.source: the pattern '{source}' matches no file. Fix: check the pattern.")
+        return files
+    if source.startswith((".", "/", "~")) or path.suffix.lower() in FORMATS:
+        raise InputError(f"data.source: '{source}' does not exist. Fix: check the path.")
+    return None  # a Hugging Face dataset name
+
+
+def fingerprint(source: str | None, text_column: str, dataset_config: str | None) -> str:
+    """A cheap identity of a source for cache keys: file names, sizes and modification times.
+
+    The contents of local files are not read, so a cached corpus is found without touching them.
+    """
+    if is_embedded(source):
+        ident: object = [PYDOC_SOURCE, pydoc_fingerprint()]
+    else:
+        files = resolve_files(source)
+        if files is None:
+            ident = ["hub", source, dataset_config]
+        else:
+            ident = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    blob = json.dumps([ident, text_column], sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def read_corpus(
+    source: str | None,
+    text_column: str = "text",
+    dataset_config: str | None = None,
+    val_fraction: float = 0.05,
+    test_fraction: float = 0.05,
+) -> Corpus:
+    """Read a source into ``{"train": [...], "val": [...], "test": [...]}`` lists of documents."""
+    if is_embedded(source):
+        corpus: Corpus = {"train": pydoc_topics()}
+    else:
+        files = resolve_files(source)
+        if files is None:
+            corpus = read_hub_dataset(source, dataset_config, text_column)
+        else:
+            root = Path(source).expanduser()
+            corpus = read_local_files(files, text_column, root if root.is_dir() else None)
+    if "train" not in corpus:
+        raise InputError(
+            f"data.source: '{source}' has {' and '.join(corpus)} files but no train files. "
+            "Fix: add files whose names do not say val/valid/validation/dev/test (or say train)."
+        )
+    corpus = carve_splits(corpus, val_fraction, test_fraction)
+    for split in SPLITS:
+        if not any(doc.strip() for doc in corpus[split]):
+            where = "the source" if split == "train" else f"the '{split}' split"
+            raise InputError(
+                f"data.source: {where} of '{source or PYDOC_SOURCE}' holds no text (empty corpus). "
+                "Fix: give a source with text, or raise data.val_fraction/test_fraction for a tiny corpus."
+            )
+    return corpus
+
+
+def split_of(name: str) -> str:
+    """A file's split by its name below the source: ``wiki.valid.txt`` -> ``val``; else ``train``."""
+    words = set(re.split(r"[^a-z]+", name.lower()))
+    for split in ("test", "val", "train"):
+        if words & set(SPLIT_ALIASES[split]):
+            return split
+    return "train"
+
+
+def read_local_files(files: Sequence[Path], text_column: str, root: Path | None = None) -> Corpus:
+    """Documents from local files, grouped into splits by their names below ``root`` (or file names)."""
+    corpus: Corpus = {}
+    by_format: dict[tuple[str, str], list[Path]] = {}
+    for path in files:
+        name = str(path.relative_to(root)) if root is not None else path.name
+        fmt = FORMATS.get(path.suffix.lower())
+        if fmt is None:
+            raise InputError(
+                f"data.source: '{path}' has an unsupported extension; expected one of {', '.join(FORMATS)}."
+            )
+        by_format.setdefault((fmt, split_of(name)), []).append(path)
+    for (fmt, split), paths in sorted(by_format.items()):
+        docs = [read_utf8(p) for p in paths] if fmt == "text" else _read_tabular(fmt, paths, text_column)
+        corpus.setdefault(split, []).extend(docs)
+    return corpus
+
+
+def read_utf8(path: Path) -> str:
+    """A whole text file, decoded strictly as UTF-8 (a leading byte-order mark is dropped)."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"data.source: '{path}' is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}). "
+            f"Fix: convert it, e.g. iconv -f latin1 -t utf-8 '{path}' > fixed.txt"
+        ) from None
+
+
+def _read_tabular(fmt: str, paths: Sequence[Path], text_column: str) -> list[str]:
+    import datasets
+
+    names = ", ".join(str(p) for p in paths)
+    try:
+        ds = datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train")
+    except Exception as err:
+        raise InputError(
+            f"data.source: could not read {names} as {fmt}: {_first_line(err)}. Fix: check the file format."
+        ) from None
+    return _column(ds, text_column, names)
+
+
+def _column(ds, text_column: str, where: str) -> list[str]:
+    if text_column not in ds.column_names:
+        raise InputError(
+            f"data.text_column: '{where}' has no column '{text_column}'; its columns are "
+            f"{', '.join(ds.column_names)}. Fix: set data.text_column to one of them."
+        )
+    docs = ds[text_column]
+    bad = next((d for d in docs if d is not None and not isinstance(d, str)), None)
+    if bad is not None:
+        raise InputError(
+            f"data.text_column: column '{text_column}' of '{where}' holds {type(bad).__name__} values, "
+            "not text. Fix: choose a column of strings."
+        )
+    return [d for d in docs if d]
+
+
+def read_hub_dataset(name: str, config: str | None, text_column: str) -> Corpus:
+    """Documents from a Hugging Face dataset (a hub name, or a local folder laid out like a hub repo)."""
+    import datasets
+
+    try:
+        dsd = datasets.load_dataset(name, config)
+    except Exception as err:
+        raise InputError(
+            f"data.source: '{name}' is not a local file or folder, and loading it as a Hugging Face dataset "
+            f"failed: {_first_line(err)}. Fix: check the path, or the dataset name, data.dataset_config "
+            "and the network."
+        ) from None
+    corpus: Corpus = {}
+    for ours, aliases in SPLIT_ALIASES.items():
+        theirs = next((s for s in aliases if s in dsd), None)
+        if theirs is not None:
+            corpus[ours] = _column(dsd[theirs], text_column, f"{name}[{theirs}]")
+    if "train" not in corpus:
+        raise InputError(
+            f"data.source: dataset '{name}' has no train split (it has {', '.join(dsd)}). "
+            "Fix: choose a dataset or config with a train split."
+        )
+    return corpus
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def carve_splits(corpus: Corpus, val_fraction: float, test_fraction: float) -> Corpus:
+    """Fill missing val/test splits from the tail of train: ``[train | val | test]`` by characters.
+
+    Cuts fall on the first newline after the exact fraction (when one is near), so the carve is
+    deterministic and rarely splits a line.
+    """
+    missing = [s for s in ("val", "test") if s not in corpus]
+    fractions = {
+        "val": val_fraction if "val" in missing else 0.0,
+        "test": test_fraction if "test" in missing else 0.0,
+    }
+    train = corpus["train"]
+    total = sum(len(d) for d in train)
+    test_start = total - round(total * fractions["test"])
+    val_start = test_start - round(total * fractions["val"])
+    train, rest = _cut(train, val_start)
+    val, test = _cut(rest, test_start - _length(train))
+    return {"train": train, "val": corpus.get("val", val), "test": corpus.get("test", test)}
+
+
+def _length(docs: Sequence[str]) -> int:
+    return sum(len(d) for d in docs)
+
+
+def _cut(docs: Sequence[str], at: int) -> tuple[list[str], list[str]]:
+    """Split a list of documents at character offset ``at`` (moved to a nearby newline)."""
+    head: list[str] = []
+    for i, doc in enumerate(docs):
+        if at <= 0:
+            return head, list(docs[i:])
+        if at < len(doc):
+            newline = doc.find("\n", at, at + 1000)
+            cut = newline + 1 if newline >= 0 else at
+            head.append(doc[:cut])
+            return head, [doc[cut:], *docs[i + 1 :]]
+        head.append(doc)
+        at -= len(doc)
+    return head, []

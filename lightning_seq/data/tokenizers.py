@@ -1,0 +1,147 @@
+"""Tokenizers built with the Hugging Face ``tokenizers`` library.
+
+Kinds:
+
+* ``char``: one token per Unicode character seen in the train split; exact round trip.
+* ``bpe``: byte-level BPE with ``vocab_size`` tokens; exact round trip for any text.
+* ``word``: one token per word or punctuation mark, a word carrying its leading space (``▁the``),
+  newlines as tokens; words seen fewer than ``min_frequency`` times map to ``<|unk|>``.
+* a path to an existing ``tokenizer.json``: used as it is, with our special tokens added when missing.
+
+Every tokenizer has the special tokens ``<|pad|>``, ``<|unk|>``, ``<|bos|>`` and ``<|eos|>``.
+``<|eos|>`` ends every document in the token stream, so it also serves as the start-of-text
+context for generation.
+"""
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from lightning_seq.errors import InputError
+
+PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|bos|>", "<|eos|>"
+SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
+KINDS = ("char", "bpe", "word")
+
+
+@dataclass
+class TokenizerConfig:
+    """How to build the tokenizer.
+
+    Args:
+        kind: ``char``, ``bpe``, ``word``, or the path of an existing ``tokenizer.json``.
+        vocab_size: largest vocabulary for ``bpe`` and ``word`` (special tokens included).
+        min_frequency: fewest occurrences in the train split for a ``bpe`` merge or a ``word``.
+    """
+
+    kind: str = "char"
+    vocab_size: int = 8192
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS and not self.kind.endswith(".json"):
+            raise InputError(
+                f"data.tokenizer.kind: unknown tokenizer kind '{self.kind}'. "
+                f"Fix: use one of {', '.join(KINDS)}, or the path of a tokenizer.json file."
+            )
+        if self.vocab_size < len(SPECIAL_TOKENS) + 1:
+            raise InputError(
+                f"data.tokenizer.vocab_size: {self.vocab_size} is too small; expected at least 5."
+            )
+        if self.min_frequency < 1:
+            raise InputError(f"data.tokenizer.min_frequency: expected >= 1, got {self.min_frequency}.")
+
+    @property
+    def is_file(self) -> bool:
+        return self.kind not in KINDS
+
+    def identity(self) -> dict:
+        """What determines the trained tokenizer, for cache keys (a file's contents included)."""
+        ident = asdict(self)
+        if self.is_file:
+            ident["file"] = load_tokenizer_file(self.kind).to_str()
+        return ident
+
+
+def build_tokenizer(config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
+    """Train a tokenizer of the configured kind on ``texts`` (the train split), or load a file."""
+    if config.is_file:
+        tokenizer = load_tokenizer_file(config.kind)
+        tokenizer.add_special_tokens(SPECIAL_TOKENS)
+        return tokenizer
+    tokenizer, trainer = {"char": _char, "bpe": _bpe, "word": _word}[config.kind](config)
+    tokenizer.train_from_iterator(_batches(texts), trainer)
+    return tokenizer
+
+
+def _char(config: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tokenizer.decoder = decoders.Fuse()
+    return tokenizer, trainers.WordLevelTrainer(special_tokens=SPECIAL_TOKENS, min_frequency=1)
+
+
+def _bpe(config: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    return tokenizer, trainer
+
+
+def _word(config: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(r"\n+"), behavior="isolated"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never"),
+        ]
+    )
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=config.vocab_size,
+        min_frequency=config.min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+    )
+    return tokenizer, trainer
+
+
+def _batches(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for text in texts:
+        batch.append(text)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def load_tokenizer_file(path: str | Path) -> Tokenizer:
+    """Load a ``tokenizer.json``, with a clear message when it is missing or malformed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise InputError(f"data.tokenizer.kind: tokenizer file '{path}' does not exist. Fix: check the path.")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:
+        raise InputError(
+            f"data.tokenizer.kind: '{path}' is not a valid tokenizer.json ({err}). "
+            "Fix: give a file saved by tokenizers' Tokenizer.save()."
+        ) from None
+
+
+def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
+    """Ids of the special tokens: ``{"pad": 0, "unk": 1, "bos": 2, "eos": 3}`` (None when absent)."""
+    names = ("pad", "unk", "bos", "eos")
+    return {name: tokenizer.token_to_id(token) for name, token in zip(names, SPECIAL_TOKENS, strict=True)}

@@ -1,0 +1,141 @@
+import json
+
+import pytest
+
+from lightning_seq.data import sources
+from lightning_seq.data.embedded import pydoc_topics
+from lightning_seq.errors import InputError
+
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_embedded_corpus_is_python_docs():
+    docs = pydoc_topics()
+    assert len(docs) > 50
+    assert 400_000 < sum(map(len, docs)) < 2_000_000
+    corpus = sources.read_corpus(None)
+    assert set(corpus) == {"train", "val", "test"}
+    assert "statement" in "".join(corpus["train"])
+
+
+def test_carving_is_deterministic_and_loses_nothing():
+    docs = [f"line {i} of doc {d}\n" * 50 for d in range(20) for i in range(3)]
+    a = sources.carve_splits({"train": docs}, 0.1, 0.1)
+    b = sources.carve_splits({"train": list(docs)}, 0.1, 0.1)
+    assert a == b
+    assert "".join(a["train"] + a["val"] + a["test"]) == "".join(docs)
+    total = sum(map(len, docs))
+    for split in ("val", "test"):
+        assert 0.09 * total < sum(map(len, a[split])) < 0.12 * total
+        assert "".join(a[split]).startswith("line")  # cut on a line boundary
+
+
+def test_given_splits_are_kept_and_only_missing_ones_carved():
+    corpus = sources.carve_splits({"train": ["a\n" * 100], "val": ["given"]}, 0.1, 0.2)
+    assert corpus["val"] == ["given"]
+    assert 36 <= sum(map(len, corpus["test"])) <= 40  # 20% of 200 chars, moved to a line start
+
+
+def test_local_txt_folder_with_split_names(tmp_path):
+    write(tmp_path / "data" / "wiki.train.txt", "train text\n" * 50)
+    write(tmp_path / "data" / "wiki.valid.txt", "valid text\n")
+    write(tmp_path / "data" / "sub" / "test.txt", "test text\n")
+    corpus = sources.read_corpus(str(tmp_path / "data"))
+    assert corpus == {"train": ["train text\n" * 50], "val": ["valid text\n"], "test": ["test text\n"]}
+
+
+def test_glob_selects_files(tmp_path):
+    for i in range(3):
+        write(tmp_path / f"part{i}.txt", f"part {i}\n" * 100)
+    write(tmp_path / "other.md", "not selected")
+    corpus = sources.read_corpus(str(tmp_path / "part*.txt"))
+    text = "".join(corpus["train"] + corpus["val"] + corpus["test"])
+    assert "part 0" in text and "part 2" in text and "not selected" not in text
+
+
+def test_jsonl_csv_parquet_through_datasets(tmp_path):
+    import pandas as pd
+
+    rows = [{"id": i, "body": f"row number {i}\n"} for i in range(200)]
+    write(tmp_path / "j" / "train.jsonl", "\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "p").mkdir()
+    pd.DataFrame(rows).to_csv(tmp_path / "c" / "data.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "p" / "data.parquet")
+    for folder in ("j", "c", "p"):
+        corpus = sources.read_corpus(str(tmp_path / folder), text_column="body")
+        docs = corpus["train"] + corpus["val"] + corpus["test"]
+        assert "".join(docs) == "".join(r["body"] for r in rows), folder
+
+
+def test_hub_style_dataset_folder_uses_its_splits(tmp_path):
+    # A folder laid out like a Hugging Face dataset repo: the same loader as for hub names.
+    write(
+        tmp_path / "ds" / "data" / "train.jsonl", "\n".join(json.dumps({"text": f"t{i}"}) for i in range(10))
+    )
+    write(tmp_path / "ds" / "data" / "validation.jsonl", json.dumps({"text": "v"}))
+    write(tmp_path / "ds" / "data" / "test.jsonl", json.dumps({"text": "x"}))
+    corpus = sources.read_hub_dataset(str(tmp_path / "ds"), None, "text")
+    assert corpus["train"] == [f"t{i}" for i in range(10)]
+    assert corpus["val"] == ["v"] and corpus["test"] == ["x"]
+
+
+def test_unreachable_hub_name_gets_a_clear_error():
+    with pytest.raises(
+        InputError, match="not a local file or folder, and loading it as a Hugging Face dataset"
+    ):
+        sources.read_corpus("no_such_dataset_xyz")
+
+
+# ------------------------------------------------------------------------------- bad input
+def test_missing_path(tmp_path):
+    with pytest.raises(InputError, match=r"data\.source: '.*missing\.txt' does not exist"):
+        sources.read_corpus(str(tmp_path / "missing.txt"))
+
+
+def test_glob_matching_nothing(tmp_path):
+    with pytest.raises(InputError, match="matches no file"):
+        sources.read_corpus(str(tmp_path / "*.txt"))
+
+
+def test_folder_without_text_files(tmp_path):
+    write(tmp_path / "d" / "image.png", "x")
+    with pytest.raises(InputError, match=r"holds no \.txt"):
+        sources.read_corpus(str(tmp_path / "d"))
+
+
+def test_empty_corpus(tmp_path):
+    write(tmp_path / "empty.txt", "  \n\n")
+    with pytest.raises(InputError, match="holds no text"):
+        sources.read_corpus(str(tmp_path / "empty.txt"))
+
+
+def test_file_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("caf\xe9 au lait\n".encode("latin-1") * 10)
+    with pytest.raises(InputError, match=r"latin1\.txt' is not UTF-8 text \(byte 0xe9 at offset 3\).*iconv"):
+        sources.read_corpus(str(path))
+
+
+def test_missing_column_lists_the_columns(tmp_path):
+    write(tmp_path / "d.jsonl", "\n".join(json.dumps({"content": "x" * 50, "id": i}) for i in range(50)))
+    with pytest.raises(
+        InputError, match=r"data\.text_column: .* has no column 'text'; its columns are content, id"
+    ):
+        sources.read_corpus(str(tmp_path / "d.jsonl"))
+
+
+def test_non_text_column(tmp_path):
+    write(tmp_path / "d.jsonl", "\n".join(json.dumps({"text": i}) for i in range(50)))
+    with pytest.raises(InputError, match="holds int values, not text"):
+        sources.read_corpus(str(tmp_path / "d.jsonl"))
+
+
+def test_malformed_jsonl_names_the_file(tmp_path):
+    write(tmp_path / "bad.jsonl", '{"text": "ok"}\n{"text": broken\n')
+    with pytest.raises(InputError, match=r"could not read .*bad\.jsonl as json"):
+        sources.read_corpus(str(tmp_path / "bad.jsonl"))

@@ -1,0 +1,89 @@
+import pytest
+from tokenizers import Tokenizer
+
+from lightning_seq.data.tokenizers import (
+    EOS,
+    SPECIAL_TOKENS,
+    TokenizerConfig,
+    build_tokenizer,
+    load_tokenizer_file,
+    special_ids,
+)
+from lightning_seq.errors import InputError
+
+TRAIN = [
+    "The quick brown fox jumps over the lazy dog.\nThe dog sleeps; the fox runs!\n",
+    "Tabs\tand  double spaces, 'quotes' and \"more\" (brackets) [x] = {y}.\n\n",
+    "Unicode: café, naïve, 東京, emoji 🙂.\n",
+] * 20
+
+
+def test_char_round_trip_is_exact_for_seen_characters():
+    tok = build_tokenizer(TokenizerConfig(kind="char"), TRAIN)
+    for text in TRAIN[:3]:
+        ids = tok.encode(text).ids
+        assert len(ids) == len(text)  # one token per character
+        assert tok.decode(ids) == text
+
+
+def test_char_unseen_character_maps_to_unk():
+    tok = build_tokenizer(TokenizerConfig(kind="char"), TRAIN)
+    assert tok.encode("Ω").tokens == ["<|unk|>"]
+
+
+def test_bpe_round_trip_is_exact_for_any_text_and_compresses():
+    tok = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=400, min_frequency=2), TRAIN)
+    assert tok.get_vocab_size() <= 400
+    unseen = "Zebras ℵ₀ never seen before — ok?\n"
+    for text in [*TRAIN[:3], unseen]:
+        ids = tok.encode(text).ids
+        assert tok.decode(ids) == text
+    assert len(tok.encode(TRAIN[0]).ids) < len(TRAIN[0]) / 2
+
+
+def test_word_round_trip_keeps_spacing_and_newlines():
+    tok = build_tokenizer(TokenizerConfig(kind="word", vocab_size=1000, min_frequency=1), TRAIN)
+    for text in TRAIN[:3]:
+        enc = tok.encode(text)
+        assert "<|unk|>" not in enc.tokens
+        assert tok.decode(enc.ids) == text
+    assert "▁fox" in tok.get_vocab()
+
+
+def test_word_min_frequency_sends_rare_words_to_unk():
+    tok = build_tokenizer(TokenizerConfig(kind="word", min_frequency=2), ["a common b common c rare"])
+    assert tok.encode("a common rare").tokens == ["<|unk|>", "▁common", "<|unk|>"]
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe", "word"])
+def test_special_tokens_exist_and_are_atomic(kind):
+    tok = build_tokenizer(TokenizerConfig(kind=kind, vocab_size=300, min_frequency=1), TRAIN)
+    ids = special_ids(tok)
+    assert sorted(ids.values()) == [0, 1, 2, 3]
+    assert tok.encode(f"dog{EOS}fox").tokens.count(EOS) == 1
+
+
+def test_existing_tokenizer_file_is_used_and_gets_special_tokens(tmp_path):
+    base = build_tokenizer(TokenizerConfig(kind="char"), ["abc"])
+    plain = Tokenizer.from_str(base.to_str())
+    path = tmp_path / "tokenizer.json"
+    plain.save(str(path))
+    tok = build_tokenizer(TokenizerConfig(kind=str(path)), ["ignored"])
+    assert tok.decode(tok.encode("cab").ids) == "cab"
+    assert all(tok.token_to_id(t) is not None for t in SPECIAL_TOKENS)
+
+
+def test_unknown_kind_is_rejected_with_the_choices():
+    with pytest.raises(
+        InputError, match=r"data\.tokenizer\.kind: unknown tokenizer kind 'sentencepiece'.*char, bpe, word"
+    ):
+        TokenizerConfig(kind="sentencepiece")
+
+
+def test_missing_and_malformed_tokenizer_files(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_tokenizer_file(tmp_path / "nope.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(InputError, match=r"not a valid tokenizer\.json"):
+        load_tokenizer_file(bad)
