@@ -1,0 +1,94 @@
+"""SampleGeneration: continue fixed prompts every N steps or epochs, and at the end of training.
+
+Works with any module that has ``generate(prompts: list[str], config) -> list[str]``. Samples are
+appended to ``<run dir>/samples.md``, logged as a table on W&B (``samples``), and the final ones are
+printed to the console. Only global rank zero generates, with no collective operations inside, so
+other ranks never wait on it (not for sharded strategies such as FSDP, whose forward is collective).
+"""
+
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from rich.console import Console
+from rich.panel import Panel
+from rich.text import Text
+
+from lightning_seq.decoding import GenerationConfig
+from lightning_seq.errors import InputError
+
+
+class SampleGeneration(L.Callback):
+    """Generates text from fixed prompts during training.
+
+    Args:
+        prompts: texts to continue.
+        every_n_steps: generate every this many optimizer steps (None: never by steps).
+        every_n_epochs: generate at the end of every this many epochs (None: never by epochs).
+        generation: decoding settings (strategy, length, temperature, ...).
+        print_at_end: print the samples of the final model when training ends.
+    """
+
+    def __init__(
+        self,
+        prompts: list[str] | None = None,
+        every_n_steps: int | None = None,
+        every_n_epochs: int | None = 1,
+        generation: GenerationConfig | None = None,
+        print_at_end: bool = True,
+    ):
+        for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs)):
+            if value is not None and value < 1:
+                raise InputError(
+                    f"SampleGeneration.{name}: expected a positive integer or null, got {value}."
+                )
+        self.prompts = prompts if prompts is not None else [""]
+        self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
+        self.generation = generation or GenerationConfig(max_new_tokens=200)
+        self.print_at_end = print_at_end
+        self.last: list[str] = []
+        self._last_step = -1
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step  # with gradient accumulation, several batches share a step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0 and step != self._last_step:
+            self._last_step = step
+            self._generate(trainer, pl_module, f"step {step}")
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+            self._generate(trainer, pl_module, f"epoch {trainer.current_epoch}, step {trainer.global_step}")
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.print_at_end and not trainer.sanity_checking:
+            samples = self._generate(trainer, pl_module, f"final, step {trainer.global_step}")
+            _print(samples)
+
+    @rank_zero_only
+    def _generate(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> list[str]:
+        if not hasattr(pl_module, "generate"):
+            raise InputError(
+                f"SampleGeneration: {type(pl_module).__name__} has no generate() method. "
+                "Fix: remove the callback from the recipe."
+            )
+        self.last = pl_module.generate(self.prompts, self.generation)
+        if trainer.log_dir:
+            path = Path(trainer.log_dir) / "samples.md"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as f:
+                f.write(f"## {when}\n\n" + "\n\n".join(f"```\n{s}\n```" for s in self.last) + "\n\n")
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                rows = [[trainer.global_step, p, s] for p, s in zip(self.prompts, self.last, strict=True)]
+                logger.log_text(
+                    key="samples", columns=["step", "prompt", "text"], data=rows, step=trainer.global_step
+                )
+        return self.last
+
+
+@rank_zero_only
+def _print(samples: list[str] | None) -> None:
+    console = Console()
+    for i, text in enumerate(samples or []):
+        console.print(Panel(Text(text), title=f"sample {i + 1}", title_align="left", expand=False))

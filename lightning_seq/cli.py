@@ -1,0 +1,225 @@
+"""The command line: ``lightning``, ``lightning-seq`` and ``python -m lightning_seq``.
+
+One LightningCLI with ``fit``, ``validate``, ``test`` and ``predict``; the model and DataModule are
+chosen by ``class_path`` in the recipe. Sizes that the data determines (vocabulary size, padding id,
+whether batches continue each other) are linked from the DataModule into the model, so recipes
+never state them. Bad input ends with one ``error:`` line and exit status 2.
+"""
+
+import json
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from importlib import metadata, util
+from pathlib import Path
+
+import yaml
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from rich.console import Console
+from rich.panel import Panel
+from rich.text import Text
+
+from lightning_seq.errors import InputError
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+# DataModule attribute -> model argument. A link whose source attribute or target argument does not
+# exist for the classes in a recipe is skipped, so one list serves every family.
+LINKS = (
+    ("data.vocab_size", "model.init_args.net.init_args.vocab_size"),
+    ("data.pad_id", "model.init_args.pad_id"),
+    ("data.carry_state", "model.init_args.carry_state"),
+)
+
+
+class _Parser(LightningArgumentParser):
+    """On a parse error, one usage line instead of every option of the subcommand."""
+
+    def print_usage(self, file=None) -> None:
+        print(f"usage: {self.prog} --config RECIPE.yaml [--section.key=value ...]", file=file or sys.stderr)
+
+
+class LightningSeqCLI(LightningCLI):
+    """LightningCLI with data-to-model links; any LightningModule / LightningDataModule by class_path."""
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        self.parser_class = _Parser
+        return super().init_parser(**kwargs)
+
+    def __init__(self, args: list[str] | None = None, run: bool = True):
+        super().__init__(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={"default_root_dir": "runs"},
+            parser_kwargs={
+                "description": "lightning_seq: train sequence and generative models from YAML recipes."
+            },
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for source, target in LINKS:
+            parser.link_arguments(source, target, apply_on="instantiate")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        if isinstance(args, dict):  # LightningCLI(args={...}) from Python
+            self.config = parser.parse_object(args)
+            return
+        self.config = parser.parse_args(with_checkpoint_model(list(sys.argv[1:] if args is None else args)))
+
+    def _parse_ckpt_path(self) -> None:
+        """Done in :meth:`parse_arguments`, so that command-line overrides beat the checkpoint."""
+
+    def after_predict(self) -> None:
+        """Show text predictions and save every prediction to ``<run dir>/predictions.jsonl``."""
+        batches = self.trainer.predict_loop.predictions or []
+        if batches and isinstance(batches[0], list) and batches[0] and isinstance(batches[0][0], list):
+            batches = [b for loader in batches for b in loader]  # several dataloaders
+        items = [item for batch in batches for item in (batch if isinstance(batch, list) else [batch])]
+        if not self.trainer.is_global_zero or not items:
+            return
+        path = Path(self.trainer.log_dir or ".") / "predictions.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", encoding="utf-8") as f:
+            for item in items:
+                f.write(json.dumps(item.tolist() if hasattr(item, "tolist") else item) + "\n")
+        console = Console()
+        for i, item in enumerate(items):
+            if isinstance(item, str):
+                console.print(
+                    Panel(Text(item), title=f"prediction {i + 1}", title_align="left", expand=False)
+                )
+        console.print(f"{len(items)} predictions written to {path}")
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (2 for bad input, with a one-line message)."""
+    _quiet_third_party_notices()
+    try:
+        check_config_files(sys.argv[1:] if args is None else args)
+        LightningSeqCLI(args=args)
+    except Exception as err:
+        cause = _input_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _quiet_third_party_notices() -> None:
+    """Hide notices that are not about the user's run (an advert, a torch/Lightning deprecation)."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Fail early, naming the file, when a ``--config`` file is missing or is not valid YAML."""
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config") and i + 1 < len(argv):
+            path = Path(argv[i + 1])
+        elif arg.startswith("--config="):
+            path = Path(arg.split("=", 1)[1])
+        else:
+            continue
+        if not path.is_file():
+            raise InputError(
+                f"--config: '{path}' does not exist. Fix: check the path (recipes are in recipes/)."
+            )
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            where = getattr(err, "problem_mark", None)
+            line = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+            problem = getattr(err, "problem", None) or err
+            raise InputError(
+                f"--config: '{path}' is not valid YAML{line}: {problem}. Fix: correct the file."
+            ) from None
+
+
+def with_checkpoint_model(argv: list[str]) -> list[str]:
+    """Insert the model saved in ``--ckpt_path`` after the last ``--config`` file.
+
+    Precedence, lowest first: recipe files, the checkpoint's model (its architecture must match
+    the weights), then any ``--model...`` override that follows, e.g. decoding settings for
+    ``predict``. (Lightning alone applies the checkpoint last, over the command line.)
+    """
+    path, last_config = None, 0
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config"):
+            last_config = i + 2
+        elif arg.startswith("--config="):
+            last_config = i + 1
+        elif arg == "--ckpt_path" and i + 1 < len(argv):
+            path = argv[i + 1]
+        elif arg.startswith("--ckpt_path="):
+            path = arg.split("=", 1)[1]
+    if path is None or not Path(path).is_file():
+        return argv
+    import torch
+
+    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+    hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
+    if "_class_path" not in hparams:
+        return argv
+    model = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
+    at = max(last_config, 1)  # after the subcommand at least
+    return [*argv[:at], f"--model={json.dumps(model)}", *argv[at:]]
+
+
+def _input_error(err: BaseException | None) -> InputError | None:
+    """The InputError that caused ``err``, if any (jsonargparse wraps errors raised in constructors)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, InputError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def lightning_main() -> int:
+    """The ``lightning`` command: ours, or the Lightning cloud CLI (``lightning-sdk``) for its commands.
+
+    ``lightning-sdk`` installs a ``lightning`` command too. A first argument that is none of our
+    subcommands (and no option) goes to it when it is installed; otherwise we show our help.
+    """
+    argv = sys.argv[1:]
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        sdk = _lightning_sdk_cli()
+        if sdk is not None:
+            return sdk()
+        _print_help()
+        print(
+            f"error: unknown command '{argv[0]}'; expected one of {', '.join(SUBCOMMANDS)}.", file=sys.stderr
+        )
+        return 2
+    return main()
+
+
+def _lightning_sdk_cli() -> Callable[[], int] | None:
+    """The entry point of the ``lightning-sdk`` package's CLI, when that package is installed."""
+    if util.find_spec("lightning_sdk") is None:
+        return None
+    for entry in metadata.entry_points(group="console_scripts", name="lightning-sdk"):
+        return entry.load()
+    return None
+
+
+def _print_help() -> None:
+    argv, sys.argv = sys.argv, [sys.argv[0], "--help"]
+    try:
+        LightningSeqCLI()
+    except SystemExit:
+        pass
+    finally:
+        sys.argv = argv

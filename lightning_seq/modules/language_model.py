@@ -1,0 +1,201 @@
+"""LanguageModel: next-token prediction with teacher forcing, for any net with the LM contract.
+
+The net maps ``(tokens (B, T), state) -> (logits (B, T, V), state)``; ``state`` is None or a pytree
+of batch-first tensors (an RNN's hidden state, a Transformer's KV cache). In stream mode
+(``carry_state``, linked from the DataModule) the state at the end of one batch starts the next
+one, detached: truncated backpropagation through time. It is reset at the start of every epoch.
+"""
+
+import warnings
+from dataclasses import asdict, is_dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from tokenizers import Tokenizer
+from torch import nn
+
+from lightning_seq.data.tokenizers import EOS
+from lightning_seq.decoding import GenerationConfig, detach_state, generate
+from lightning_seq.errors import InputError
+from lightning_seq.modules._optim import OptimizerFactory, Schedule, configure_optimization
+
+State = object  # None or a pytree of batch-first tensors
+
+
+class LanguageModel(L.LightningModule):
+    """Trains and samples a language model.
+
+    Args:
+        net: the network, ``net(tokens, state) -> (logits, state)``, e.g. :class:`~lightning_seq.nets.RNNLM`.
+        optimizer: optimizer class (and its arguments) from the recipe; default AdamW.
+        warmup_steps: linear warmup of the learning rate from 0 over this many steps.
+        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
+        carry_state: carry the net's state across batches (set from the DataModule's stream mode).
+        pad_id: target id that the loss ignores (set from the DataModule).
+        generation: default decoding settings for :meth:`generate` and ``lightning predict``.
+        compile: compile the net with ``torch.compile``.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory = torch.optim.AdamW,
+        warmup_steps: int = 100,
+        lr_schedule: Schedule = "cosine",
+        min_lr_ratio: float = 0.1,
+        carry_state: bool = False,
+        pad_id: int | None = None,
+        generation: GenerationConfig | None = None,
+        compile: bool = False,
+    ):
+        super().__init__()
+        with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        _keep_serializable(self.hparams)
+        if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+            raise InputError(
+                "model.warmup_steps / model.min_lr_ratio: expected warmup_steps >= 0 and "
+                f"0 <= min_lr_ratio <= 1, got {warmup_steps} and {min_lr_ratio}."
+            )
+        self.net = net
+        self.optimizer = optimizer
+        self.carry_state = carry_state
+        self.ignore_index = -100 if pad_id is None else pad_id
+        if isinstance(generation, dict):  # from a checkpoint of a model built in Python
+            generation = GenerationConfig(**generation)
+        self.generation = generation or GenerationConfig()
+        self.tokenizer: Tokenizer | None = None
+        self._carried: dict[str, State] = {}  # per stage: the state handed to the next batch
+        if compile:
+            self.net.compile()
+
+    def forward(self, tokens: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
+        return self.net(tokens, state)
+
+    # -------------------------------------------------------------------------------- training
+    def compute_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token negative log-likelihood and the number of scored tokens.
+
+        Args:
+            logits: ``(B, T, V)`` scores.
+            targets: ``(B, T)`` next tokens; ``pad_id`` targets are not scored.
+        """
+        nll_sum = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=self.ignore_index, reduction="sum"
+        )
+        return nll_sum, (targets != self.ignore_index).sum()
+
+    def _step(self, batch: torch.Tensor, stage: str) -> dict[str, torch.Tensor]:
+        inputs, targets = batch[:, :-1], batch[:, 1:]  # (B, T) each
+        state = self._carried.get(stage) if self.carry_state else None
+        logits, state = self(inputs, state)
+        if self.carry_state:
+            self._carried[stage] = detach_state(state)
+        nll_sum, num_tokens = self.compute_loss(logits, targets)
+        loss = nll_sum / num_tokens.clamp(min=1)
+        train = stage == "train"
+        self.log(
+            f"{stage}/loss", loss, prog_bar=True, on_step=train, on_epoch=not train, sync_dist=not train,
+            batch_size=inputs.size(0),
+        )  # fmt: skip
+        return {"loss": loss, "nll_sum": nll_sum.detach(), "num_tokens": num_tokens}
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "val")
+
+    def test_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
+        return self._step(batch, "test")
+
+    def on_train_epoch_start(self) -> None:
+        self._carried.pop("train", None)
+
+    def on_validation_epoch_start(self) -> None:
+        self._carried.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self._carried.pop("test", None)
+
+    def configure_optimizers(self) -> dict:
+        hp = self.hparams
+        return configure_optimization(
+            self, self.optimizer, self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.lr_schedule,
+            hp.min_lr_ratio,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------------------ generation
+    def decode_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        """The decoding library's step: consume new ``tokens (N, t)``, return next-token logits ``(N, V)``."""
+        logits, state = self(tokens, state)
+        return logits[:, -1], state
+
+    @torch.no_grad()
+    def generate_tokens(self, prompt: torch.Tensor, config: GenerationConfig | None = None) -> torch.Tensor:
+        """Continue ``prompt (B, T0)`` token ids; returns the new ids ``(B, n)``, EOS-padded when done."""
+        was_training = self.training
+        self.eval()
+        try:
+            eos = self.tokenizer.token_to_id(EOS) if self.tokenizer is not None else None
+            return generate(self.decode_step, prompt.to(self.device), config or self.generation, eos_id=eos)
+        finally:
+            self.train(was_training)
+
+    def generate(self, prompts: str | list[str], config: GenerationConfig | None = None) -> list[str]:
+        """Continue each prompt; returns prompt + generated text, cut at the end-of-text token.
+
+        Generation starts from the end-of-text token, which separates documents in training, so
+        an empty prompt samples the start of a new document.
+        """
+        if self.tokenizer is None:
+            raise InputError(
+                "LanguageModel.generate needs a tokenizer: train with a DataModule that has one, load a "
+                "checkpoint written by such a run, or set model.tokenizer = tokenizers.Tokenizer(...)."
+            )
+        texts = [prompts] if isinstance(prompts, str) else list(prompts)
+        eos = self.tokenizer.token_to_id(EOS)
+        encoded = [[eos, *self.tokenizer.encode(t, add_special_tokens=False).ids] for t in texts]
+        outputs: list[str] = [""] * len(texts)
+        for length in sorted({len(ids) for ids in encoded}):  # batch the prompts of equal length
+            rows = [i for i, ids in enumerate(encoded) if len(ids) == length]
+            prompt = torch.tensor([encoded[i] for i in rows], dtype=torch.long)  # (G, T0)
+            new = self.generate_tokens(prompt, config).tolist()  # (G, n)
+            for i, ids in zip(rows, new, strict=True):
+                ids = ids[: ids.index(eos)] if eos in ids else ids
+                outputs[i] = texts[i] + self.tokenizer.decode(ids)
+        return outputs
+
+    def predict_step(self, batch: list[str], batch_idx: int) -> list[str]:
+        return self.generate(batch)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.tokenizer is None and getattr(datamodule, "tokenizer", None) is not None:
+            self.tokenizer = datamodule.tokenizer
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.tokenizer is not None:
+            checkpoint["tokenizer"] = self.tokenizer.to_str()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "tokenizer" in checkpoint:
+            self.tokenizer = Tokenizer.from_str(checkpoint["tokenizer"])
+
+
+def _keep_serializable(hparams: dict) -> None:
+    """Keep the hyperparameters loadable with ``torch.load(weights_only=True)``.
+
+    Under the CLI the net and optimizer are ``class_path`` configs that rebuild the model from the
+    checkpoint alone. Live objects of a model built in Python are dropped (pass them again:
+    ``load_from_checkpoint(path, net=...)``) and dataclasses become dicts.
+    """
+    for key, value in list(hparams.items()):
+        if isinstance(value, nn.Module) or callable(value):
+            del hparams[key]
+        elif is_dataclass(value):
+            hparams[key] = asdict(value)
