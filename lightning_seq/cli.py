@@ -22,6 +22,7 @@ from rich.panel import Panel
 from rich.text import Text
 
 from lightning_seq.errors import InputError
+from lightning_seq.utils import run_dir
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -85,7 +86,7 @@ class LightningSeqCLI(LightningCLI):
         items = [item for batch in batches for item in (batch if isinstance(batch, list) else [batch])]
         if not self.trainer.is_global_zero or not items:
             return
-        path = Path(self.trainer.log_dir or ".") / "predictions.jsonl"
+        path = run_dir(self.trainer) / "predictions.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8") as f:
             for item in items:

@@ -20,12 +20,15 @@ def wandb_credentials_found() -> bool:
     """Whether ``wandb`` would find an API key without asking for one."""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
-    path = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    # Looked up as wandb does: the machine is the URL's host:port (what `wandb login --host` writes),
+    # and an entry without a password is no API key.
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).netloc
+    path = Path(os.environ.get("NETRC") or Path.home() / ".netrc").expanduser()
     try:
-        return path.is_file() and netrc.netrc(str(path)).authenticators(host) is not None
+        entry = netrc.netrc(str(path)).authenticators(host) if path.is_file() else None
     except (netrc.NetrcParseError, OSError):
         return False
+    return entry is not None and bool(entry[2])
 
 
 class WandbLogger(_WandbLogger):
@@ -58,7 +61,10 @@ class WandbLogger(_WandbLogger):
     ):
         mode = os.environ.get("WANDB_MODE", "").lower()
         if offline is None:
-            offline = mode in ("offline", "dryrun") or (mode != "online" and not wandb_credentials_found())
+            # Not for WANDB_MODE=disabled: Lightning would then set WANDB_MODE=dryrun and write a run anyway.
+            offline = mode in ("offline", "dryrun") or (
+                mode not in ("online", "disabled") and not wandb_credentials_found()
+            )
             if offline and mode not in ("offline", "dryrun", "disabled"):
                 runs = Path(save_dir) / "wandb"
                 rank_zero_info(

@@ -6,8 +6,6 @@ printed to the console. Only global rank zero generates, with no collective oper
 other ranks never wait on it (not for sharded strategies such as FSDP, whose forward is collective).
 """
 
-from pathlib import Path
-
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -17,6 +15,7 @@ from rich.text import Text
 
 from lightning_seq.decoding import GenerationConfig
 from lightning_seq.errors import InputError
+from lightning_seq.utils import run_dir
 
 
 class SampleGeneration(L.Callback):
@@ -73,11 +72,10 @@ class SampleGeneration(L.Callback):
                 "Fix: remove the callback from the recipe."
             )
         self.last = pl_module.generate(self.prompts, self.generation)
-        if trainer.log_dir:
-            path = Path(trainer.log_dir) / "samples.md"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with path.open("a", encoding="utf-8") as f:
-                f.write(f"## {when}\n\n" + "\n\n".join(f"```\n{s}\n```" for s in self.last) + "\n\n")
+        path = run_dir(trainer) / "samples.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as f:
+            f.write(f"## {when}\n\n" + "\n\n".join(f"```\n{s}\n```" for s in self.last) + "\n\n")
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 rows = [[trainer.global_step, p, s] for p, s in zip(self.prompts, self.last, strict=True)]

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from lightning_seq.data import sources
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, special_ids
 from lightning_seq.errors import InputError
+from lightning_seq.utils import run_dir
 
 CACHE_VERSION = 1
 
@@ -289,9 +290,10 @@ class TextDataModule(L.LightningDataModule):
         for split in splits:
             self._check_length(split)
         trainer = self.trainer
-        if stage == "fit" and trainer is not None and trainer.is_global_zero and trainer.log_dir:
-            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.cache_path / "tokenizer.json", Path(trainer.log_dir) / "tokenizer.json")
+        if stage == "fit" and trainer is not None and trainer.is_global_zero:
+            folder = run_dir(trainer)
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.cache_path / "tokenizer.json", folder / "tokenizer.json")
 
     def _check_length(self, split: str) -> None:
         n = len(self.tokens(split))

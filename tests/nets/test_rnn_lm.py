@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -92,16 +90,6 @@ def test_bad_args_raise_input_error(kwargs: dict, field: str) -> None:
         RNNLM(**{"vocab_size": V, **kwargs})
 
 
-@pytest.fixture
-def single_thread() -> Iterator[None]:
-    """Tiny matmuls gain nothing from threads, and thread spinning on a busy CI box costs 10x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.mark.usefixtures("single_thread")
 def test_tiny_lstm_learns_periodic_sequence() -> None:
     """A period-7 pattern with a repeated token (1 -> 4 or 5) needs memory; CE must fall < 0.1."""
     torch.manual_seed(0)

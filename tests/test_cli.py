@@ -1,0 +1,180 @@
+"""The command line, run as users run it: a fresh process per command, real recipes, real files."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+FRAGMENTS = REPO / "recipes" / "fragments"
+SMOKE, CSV_ONLY = str(FRAGMENTS / "smoke.yaml"), str(FRAGMENTS / "csv_only.yaml")
+CHAR_LSTM = str(REPO / "recipes" / "char_lstm.yaml")
+QUIET_CHAR_LSTM = ["--config", CHAR_LSTM, "--config", CSV_ONLY]  # char_lstm logging to CSV only
+GREEDY = ["--model.init_args.generation.strategy=greedy", "--model.init_args.generation.max_new_tokens=40"]
+PROMPTS = ["The ", "def f(x):"]
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    tail = f"{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert result.returncode == 0, f"exit {result.returncode}\n{tail}"
+    return result
+
+
+def run_dir(cwd: Path, name: str) -> Path:
+    dirs = sorted((cwd / "runs" / name).glob("version_*"))
+    assert dirs, f"no run directory under {cwd / 'runs' / name}"
+    return dirs[-1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_trains_through_the_cli(recipe, cli, tmp_path):
+    result = ok(cli("fit", "--config", str(recipe), "--config", SMOKE, cwd=tmp_path))
+    run = run_dir(tmp_path, recipe.stem)
+    for name in ("config.yaml", "tokenizer.json", "metrics.csv", "samples.md", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    header = (run / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/loss", "val/loss", "val/ppl", "val/bpt", "train/grad_norm"} <= set(header)
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run"
+    assert "sample 1" in result.stdout  # the final samples are printed
+
+
+@pytest.fixture(scope="module")
+def trained(cli, tmp_path_factory) -> tuple[Path, Path]:
+    """A short char_lstm run through the CLI: (working folder, last checkpoint)."""
+    cwd = tmp_path_factory.mktemp("trained")
+    ok(cli("fit", *QUIET_CHAR_LSTM, "--config", SMOKE, "--trainer.max_steps=30", cwd=cwd))
+    ckpt = cwd / "runs" / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return cwd, ckpt
+
+
+def load_and_generate(ckpt: Path, prompts: list[str]) -> list[str]:
+    """Greedy text from ``LanguageModel.load_from_checkpoint`` in a fresh process (only the checkpoint)."""
+    script = textwrap.dedent(f"""
+        import json
+        from lightning_seq.decoding import GenerationConfig
+        from lightning_seq.modules import LanguageModel
+        model = LanguageModel.load_from_checkpoint({str(ckpt)!r})
+        config = GenerationConfig(strategy="greedy", max_new_tokens=40)
+        print(json.dumps(model.generate({prompts!r}, config)))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ckpt.parent)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_checkpoint_reloads_in_fresh_processes_with_identical_greedy_text(trained, cli):
+    cwd, ckpt = trained
+    from_python = load_and_generate(ckpt, PROMPTS)
+    assert [t[: len(p)] for t, p in zip(from_python, PROMPTS, strict=True)] == PROMPTS
+    assert any(len(t) > len(p) for t, p in zip(from_python, PROMPTS, strict=True))
+
+    prompts = f"--data.init_args.prompts={json.dumps(PROMPTS)}"
+    args = ["predict", *QUIET_CHAR_LSTM, "--ckpt_path", str(ckpt), prompts, *GREEDY]
+    result = ok(cli(*args, cwd=cwd))
+    written = sorted((cwd / "runs" / "lightning_logs").glob("version_*/predictions.jsonl"))[-1]
+    from_cli = [json.loads(line) for line in written.read_text().splitlines()]
+    assert from_cli == from_python
+    assert "prediction 1" in result.stdout
+
+
+@pytest.mark.slow
+def test_validate_and_test_from_a_checkpoint(trained, cli):
+    cwd, ckpt = trained
+    for command, metric in (("validate", "val/ppl"), ("test", "test/ppl")):
+        result = ok(cli(command, *QUIET_CHAR_LSTM, "--ckpt_path", str(ckpt), cwd=cwd))
+        assert metric in result.stdout
+
+
+def test_help_of_every_entry_point(tmp_path):
+    for command in (["lightning"], ["lightning-seq"], [sys.executable, "-m", "lightning_seq"]):
+        out = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert all(sub in out.stdout for sub in ("fit", "validate", "test", "predict"))
+
+
+def test_print_config_resolves_recipes_and_overrides(cli, tmp_path):
+    args = ["fit", *QUIET_CHAR_LSTM, "--model.init_args.optimizer.init_args.lr=0.01"]
+    config = yaml.safe_load(ok(cli(*args, "--print_config", cwd=tmp_path)).stdout)
+    model = config["model"]["init_args"]
+    assert model["net"]["class_path"] == "lightning_seq.nets.RNNLM"
+    assert model["optimizer"]["init_args"]["lr"] == 0.01
+    assert [lg["class_path"] for lg in config["trainer"]["logger"]] == ["lightning.pytorch.loggers.CSVLogger"]
+    assert "vocab_size" not in model["net"]["init_args"]  # linked from the data, never typed
+
+
+def test_unknown_command_goes_to_lightning_sdk_when_installed(tmp_path):
+    # A stand-in for the separate lightning-sdk package: a module and its console-script entry point.
+    pkg = tmp_path / "site" / "lightning_sdk" / "cli"
+    pkg.mkdir(parents=True)
+    (pkg.parent / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "entrypoint.py").write_text(
+        "import sys\ndef main_cli():\n    print('sdk got', sys.argv[1:])\n    return 0\n"
+    )
+    dist = tmp_path / "site" / "lightning_sdk-0.0.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lightning-sdk\nVersion: 0.0.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[console_scripts]\nlightning-sdk = lightning_sdk.cli.entrypoint:main_cli\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    out = subprocess.run(["lightning", "login", "--x"], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert out.returncode == 0 and "sdk got ['login', '--x']" in out.stdout
+
+    without = subprocess.run(["lightning", "login"], capture_output=True, text=True, cwd=tmp_path)
+    assert without.returncode == 2
+    assert "fit" in without.stdout and "unknown command 'login'" in without.stderr
+
+
+# --------------------------------------------------------------------------------- bad input
+def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9\n".encode("latin-1") * 100)
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps({"body": "x" * 40}) for _ in range(100)))
+    (tmp_path / "broken.yaml").write_text("model: [\n  unclosed")
+    data = "--data.init_args."
+    return {  # case: (arguments, what the one error line says)
+        "missing file": (
+            [f"{data}source=no/such/file.txt"],
+            "error: data.source: 'no/such/file.txt' does not",
+        ),
+        "empty corpus": ([f"{data}source={tmp_path / 'empty.txt'}"], "holds no text"),
+        "not UTF-8": ([f"{data}source={latin1}"], "is not UTF-8 text"),
+        "missing column": ([f"{data}source={tmp_path / 'rows.jsonl'}"], "has no column 'text'"),
+        "block too large": ([f"{data}block_size=100000"], "error: data.block_size"),
+        "unknown tokenizer": ([f"{data}tokenizer.kind=sentencepiece"], "error: data.tokenizer.kind"),
+        "malformed YAML": (["--config", str(tmp_path / "broken.yaml")], "broken.yaml' is not valid YAML at"),
+        "missing config": (["--config", str(tmp_path / "nope.yaml")], "nope.yaml' does not exist"),
+    }
+
+
+def test_bad_input_gets_one_clear_error_and_nothing_is_lost(trained, cli, tmp_path):
+    cwd, _ = trained
+    before = {p: p.stat().st_mtime_ns for p in (cwd / "runs").rglob("*") if p.is_file()}
+    for case, (args, message) in bad_inputs(tmp_path).items():
+        result = cli("fit", *QUIET_CHAR_LSTM, *args, cwd=cwd)
+        assert result.returncode == 2, f"{case}: exit {result.returncode}\n{result.stderr[-2000:]}"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], f"{case}: {result.stderr[-2000:]}"
+        assert "Traceback" not in result.stderr, case
+    after = {p: p.stat().st_mtime_ns for p in before}
+    assert after == before  # earlier runs and checkpoints untouched
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_logs_and_samples_without_deadlock(cli, tmp_path):
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    result = ok(cli("fit", *QUIET_CHAR_LSTM, "--config", SMOKE, *ddp, cwd=tmp_path, timeout=300))
+    run = run_dir(tmp_path, "lightning_logs")
+    assert "val/ppl" in (run / "metrics.csv").read_text().splitlines()[0]
+    assert result.stdout.count("sample 1") == 1  # rank zero only
