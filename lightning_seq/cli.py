@@ -14,6 +14,7 @@ from collections.abc import Callable
 from importlib import metadata, util
 from pathlib import Path
 
+import torch
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -45,10 +46,6 @@ class _Parser(LightningArgumentParser):
 class LightningSeqCLI(LightningCLI):
     """LightningCLI with data-to-model links; any LightningModule / LightningDataModule by class_path."""
 
-    def init_parser(self, **kwargs) -> LightningArgumentParser:
-        self.parser_class = _Parser
-        return super().init_parser(**kwargs)
-
     def __init__(self, args: list[str] | None = None, run: bool = True):
         super().__init__(
             LightningModule,
@@ -64,6 +61,10 @@ class LightningSeqCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        self.parser_class = _Parser
+        return super().init_parser(**kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS:
@@ -166,8 +167,6 @@ def with_checkpoint_model(argv: list[str]) -> list[str]:
             path = arg.split("=", 1)[1]
     if path is None or not Path(path).is_file():
         return argv
-    import torch
-
     hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
     hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
     if "_class_path" not in hparams:

@@ -157,7 +157,11 @@ class TextDataModule(L.LightningDataModule):
         prompts: list[str] | None = None,
     ):
         super().__init__()
+        if isinstance(tokenizer, dict):  # from a checkpoint's hyperparameters
+            tokenizer = TokenizerConfig(**tokenizer)
         self.save_hyperparameters()
+        if isinstance(tokenizer, TokenizerConfig):  # keep checkpoints loadable with weights_only=True
+            self.hparams["tokenizer"] = asdict(tokenizer)
         self.tokenizer_config = tokenizer or TokenizerConfig()
         _check_positive(block_size=block_size, batch_size=batch_size)
         if mode not in ("stream", "window"):
@@ -246,6 +250,7 @@ class TextDataModule(L.LightningDataModule):
             tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
             try:
                 self._write_cache(tmp)
+                shutil.rmtree(final, ignore_errors=True)  # an incomplete folder left by a killed run
                 os.replace(tmp, final)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

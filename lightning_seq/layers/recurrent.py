@@ -27,17 +27,6 @@ from torch import Tensor, nn
 
 from lightning_seq.errors import InputError
 
-__all__ = [
-    "GRUCell",
-    "LSTMCell",
-    "RNNCell",
-    "Recurrent",
-    "RecurrentState",
-    "gru_cell",
-    "lstm_cell",
-    "rnn_tanh_cell",
-]
-
 CellName: TypeAlias = Literal["rnn", "lstm", "gru"]
 Impl: TypeAlias = Literal["fused", "explicit"]
 RecurrentState: TypeAlias = Tensor | tuple[Tensor, Tensor]
@@ -178,6 +167,23 @@ class _CellBase(nn.Module):
     def _zeros(self, x: Tensor) -> Tensor:
         return x.new_zeros(x.shape[0], self.hidden_size)  # (B, H)
 
+    def zero_state(self, x: Tensor) -> RecurrentState:
+        """The state before the first step: zeros ``(B, H)``."""
+        return self._zeros(x)
+
+    def forward(self, x: Tensor, state: RecurrentState | None = None) -> RecurrentState:
+        """Advance one step.
+
+        Args:
+            x: Input, ``(B, I)``.
+            state: Previous state (``h``, or ``(h, c)`` for the LSTM), each ``(B, H)``; None means zeros.
+
+        Returns:
+            The new state, in the same form.
+        """
+        state = self.zero_state(x) if state is None else state
+        return self.step(self._project(x), state, self.weight_hh, self.bias_hh)
+
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}"
 
@@ -186,58 +192,27 @@ class RNNCell(_CellBase):
     """Elman RNN cell, ``h' = tanh(W_ih x + b_ih + W_hh h + b_hh)``; weights as ``nn.RNNCell``."""
 
     num_gates = 1
-
-    def forward(self, x: Tensor, state: Tensor | None = None) -> Tensor:
-        """Advance one step.
-
-        Args:
-            x: Input, ``(B, I)``.
-            state: Previous hidden state ``(B, H)``; None means zeros.
-
-        Returns:
-            The new hidden state, ``(B, H)``.
-        """
-        h = self._zeros(x) if state is None else state
-        return rnn_tanh_cell(self._project(x), h, self.weight_hh, self.bias_hh)
+    step = staticmethod(rnn_tanh_cell)
 
 
 class LSTMCell(_CellBase):
-    """LSTM cell (see :func:`lstm_cell` for the equations); weights as ``nn.LSTMCell``."""
+    """LSTM cell (see :func:`lstm_cell` for the equations); weights as ``nn.LSTMCell``.
+
+    Its state is the pair ``(h, c)``, each ``(B, H)``.
+    """
 
     num_gates = 4
+    step = staticmethod(lstm_cell)
 
-    def forward(self, x: Tensor, state: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor]:
-        """Advance one step.
-
-        Args:
-            x: Input, ``(B, I)``.
-            state: Previous ``(h, c)``, each ``(B, H)``; None means zeros.
-
-        Returns:
-            The new ``(h, c)``, each ``(B, H)``.
-        """
-        if state is None:
-            state = (self._zeros(x), self._zeros(x))
-        return lstm_cell(self._project(x), state, self.weight_hh, self.bias_hh)
+    def zero_state(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self._zeros(x), self._zeros(x)
 
 
 class GRUCell(_CellBase):
     """GRU cell (see :func:`gru_cell` for the equations); weights as ``nn.GRUCell``."""
 
     num_gates = 3
-
-    def forward(self, x: Tensor, state: Tensor | None = None) -> Tensor:
-        """Advance one step.
-
-        Args:
-            x: Input, ``(B, I)``.
-            state: Previous hidden state ``(B, H)``; None means zeros.
-
-        Returns:
-            The new hidden state, ``(B, H)``.
-        """
-        h = self._zeros(x) if state is None else state
-        return gru_cell(self._project(x), h, self.weight_hh, self.bias_hh)
+    step = staticmethod(gru_cell)
 
 
 # --------------------------------------------------------------------------- sequence layer

@@ -114,3 +114,10 @@ def test_resuming_with_another_tokenizer_is_refused(corpus_file):
     other = TextDataModule(source=str(corpus_file), tokenizer=TokenizerConfig(kind="bpe", vocab_size=300))
     with pytest.raises(InputError, match="vocabulary of"):
         other.load_state_dict(dm.state_dict())
+
+
+def test_hyperparameters_are_plain_data(corpus_file):
+    dm = TextDataModule(source=str(corpus_file), tokenizer=TokenizerConfig(kind="bpe", vocab_size=300))
+    assert dm.hparams["tokenizer"] == {"kind": "bpe", "vocab_size": 300, "min_frequency": 2}
+    again = TextDataModule(**dm.hparams)  # as load_from_checkpoint rebuilds it
+    assert again.cache_key == dm.cache_key

@@ -48,11 +48,17 @@ def test_tiny_lm_learns_the_corpus(tmp_path, corpus_file):
     )
 
 
-def test_carried_state_equals_one_long_sequence(corpus_file):
-    model, dm = make(corpus_file)
+def two_batches(corpus_file, carry_state: bool):
+    """An untrained model in eval mode and the first two stream-mode batches."""
+    model, dm = make(corpus_file, carry_state=carry_state)
     model.eval()
     dm.setup("fit")
     first, second = list(dm.train_dataloader())[:2]
+    return model, first, second
+
+
+def test_carried_state_equals_one_long_sequence(corpus_file):
+    model, first, second = two_batches(corpus_file, carry_state=True)
     with torch.no_grad():
         model._step(first, "val")
         carried = model._step(second, "val")["nll_sum"]
@@ -67,10 +73,7 @@ def test_carried_state_equals_one_long_sequence(corpus_file):
 
 
 def test_without_carry_each_batch_starts_from_zero(corpus_file):
-    model, dm = make(corpus_file, carry_state=False)
-    model.eval()
-    dm.setup("fit")
-    first, second = list(dm.train_dataloader())[:2]
+    model, first, second = two_batches(corpus_file, carry_state=False)
     with torch.no_grad():
         model._step(first, "val")
         after_first = model._step(second, "val")["nll_sum"]
