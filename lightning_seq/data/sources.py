@@ -68,7 +68,9 @@ def resolve_files(source: str) -> list[Path] | None:
     return None  # a Hugging Face dataset name
 
 
-def fingerprint(source: str | None, text_column: str, dataset_config: str | None) -> str:
+def fingerprint(
+    source: str | None, text_column: str, dataset_config: str | None, splits: dict[str, str] | None = None
+) -> str:
     """A cheap identity of a source for cache keys: file names, sizes and modification times.
 
     The contents of local files are not read, so a cached corpus is found without touching them.
@@ -78,7 +80,7 @@ def fingerprint(source: str | None, text_column: str, dataset_config: str | None
     else:
         files = resolve_files(source)
         if files is None:
-            ident = ["hub", source, dataset_config]
+            ident = ["hub", source, dataset_config, splits]
         else:
             ident = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     blob = json.dumps([ident, text_column], sort_keys=True).encode()
@@ -91,6 +93,7 @@ def read_corpus(
     dataset_config: str | None = None,
     val_fraction: float = 0.05,
     test_fraction: float = 0.05,
+    dataset_splits: dict[str, str] | None = None,
 ) -> Corpus:
     """Read a source into ``{"train": [...], "val": [...], "test": [...]}`` lists of documents."""
     if is_embedded(source):
@@ -98,7 +101,7 @@ def read_corpus(
     else:
         files = resolve_files(source)
         if files is None:
-            corpus = read_hub_dataset(source, dataset_config, text_column)
+            corpus = read_hub_dataset(source, dataset_config, text_column, dataset_splits)
         else:
             root = Path(source).expanduser()
             corpus = read_local_files(files, text_column, root if root.is_dir() else None)
@@ -186,17 +189,37 @@ def _column(ds, text_column: str, where: str) -> list[str]:
     return [d for d in docs if d]
 
 
-def read_hub_dataset(name: str, config: str | None, text_column: str) -> Corpus:
-    """Documents from a Hugging Face dataset (a hub name, or a local folder laid out like a hub repo)."""
+def read_hub_dataset(
+    name: str, config: str | None, text_column: str, splits: dict[str, str] | None = None
+) -> Corpus:
+    """Documents from a Hugging Face dataset (a hub name, or a local folder laid out like a hub repo).
+
+    Args:
+        name: the dataset's name or folder.
+        config: its configuration, if it has several.
+        text_column: the column holding the text.
+        splits: our split (``train``/``val``/``test``) -> the dataset's split expression
+            (``"validation"``, ``"train[:90%]"``); by default the dataset's own splits by name.
+    """
     import datasets
 
+    unknown = sorted(set(splits or {}) - set(SPLITS))
+    if unknown:
+        raise InputError(
+            f"data.dataset_splits: unknown split {', '.join(unknown)}; expected train, val, test."
+        )
     try:
+        if splits:
+            dsd = {ours: datasets.load_dataset(name, config, split=theirs) for ours, theirs in splits.items()}
+            return {ours: _column(ds, text_column, f"{name}[{splits[ours]}]") for ours, ds in dsd.items()}
         dsd = datasets.load_dataset(name, config)
+    except InputError:
+        raise
     except Exception as err:
         raise InputError(
             f"data.source: '{name}' is not a local file or folder, and loading it as a Hugging Face dataset "
-            f"failed: {_first_line(err)}. Fix: check the path, or the dataset name, data.dataset_config "
-            "and the network."
+            f"failed: {_first_line(err)}. Fix: check the path, or the dataset name, data.dataset_config, "
+            "data.dataset_splits and the network."
         ) from None
     corpus: Corpus = {}
     for ours, aliases in SPLIT_ALIASES.items():

@@ -129,6 +129,8 @@ class TextDataModule(L.LightningDataModule):
             .txt/.jsonl/.csv/.parquet; or a Hugging Face dataset name. See :mod:`.sources`.
         text_column: the column holding the text in .jsonl/.csv/.parquet files and hub datasets.
         dataset_config: the Hugging Face dataset configuration (``wikitext-2-raw-v1``).
+        dataset_splits: which Hugging Face splits to use, e.g. ``{train: "train[:90%]", val: "validation"}``;
+            by default the dataset's own train/validation/test splits.
         tokenizer: which tokenizer to train on the train split, or a tokenizer.json to use.
         mode: ``stream`` (contiguous streams for stateful RNNs) or ``window`` (shuffled windows).
         block_size: tokens per training sequence ``T`` (the truncated-BPTT length in stream mode).
@@ -146,6 +148,7 @@ class TextDataModule(L.LightningDataModule):
         source: str | None = None,
         text_column: str = "text",
         dataset_config: str | None = None,
+        dataset_splits: dict[str, str] | None = None,
         tokenizer: TokenizerConfig | None = None,
         mode: Literal["stream", "window"] = "stream",
         block_size: int = 128,
@@ -170,6 +173,7 @@ class TextDataModule(L.LightningDataModule):
             if not 0.0 < value < 0.5:
                 raise InputError(f"data.{name}: expected a fraction in (0, 0.5), got {value}.")
         self.source, self.text_column, self.dataset_config = source, text_column, dataset_config
+        self.dataset_splits = dataset_splits
         self.mode, self.block_size, self.batch_size = mode, block_size, batch_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.num_workers = num_workers
@@ -216,7 +220,9 @@ class TextDataModule(L.LightningDataModule):
     def cache_key(self) -> str:
         ident = {
             "version": CACHE_VERSION,
-            "source": sources.fingerprint(self.source, self.text_column, self.dataset_config),
+            "source": sources.fingerprint(
+                self.source, self.text_column, self.dataset_config, self.dataset_splits
+            ),
             "config": self.dataset_config,
             "tokenizer": self.tokenizer_config.identity(),
             "fractions": [self.val_fraction, self.test_fraction],
@@ -257,7 +263,12 @@ class TextDataModule(L.LightningDataModule):
 
     def _write_cache(self, out: Path) -> None:
         corpus = sources.read_corpus(
-            self.source, self.text_column, self.dataset_config, self.val_fraction, self.test_fraction
+            self.source,
+            self.text_column,
+            self.dataset_config,
+            self.val_fraction,
+            self.test_fraction,
+            self.dataset_splits,
         )
         tokenizer = build_tokenizer(self.tokenizer_config, corpus["train"])
         tokenizer.save(str(out / "tokenizer.json"))

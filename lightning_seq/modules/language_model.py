@@ -16,11 +16,9 @@ from tokenizers import Tokenizer
 from torch import nn
 
 from lightning_seq.data.tokenizers import EOS
-from lightning_seq.decoding import GenerationConfig, detach_state, generate
+from lightning_seq.decoding import GenerationConfig, State, detach_state, generate
 from lightning_seq.errors import InputError
 from lightning_seq.modules._optim import OptimizerFactory, Schedule, configure_optimization
-
-State = object  # None or a pytree of batch-first tensors
 
 
 class LanguageModel(L.LightningModule):

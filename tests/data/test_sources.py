@@ -84,6 +84,20 @@ def test_hub_style_dataset_folder_uses_its_splits(tmp_path):
     assert corpus["val"] == ["v"] and corpus["test"] == ["x"]
 
 
+def test_hub_style_dataset_with_chosen_split_expressions(tmp_path):
+    write(
+        tmp_path / "ds" / "data" / "train.jsonl", "\n".join(json.dumps({"text": f"t{i}"}) for i in range(10))
+    )
+    write(tmp_path / "ds" / "data" / "validation.jsonl", json.dumps({"text": "v"}))
+    splits = {"train": "train[:8]", "val": "train[8:]", "test": "validation"}
+    corpus = sources.read_corpus(str(tmp_path / "ds" / "data" / "*.jsonl"), dataset_splits=None)
+    assert "v" in corpus["val"]  # by file names, without a mapping
+    chosen = sources.read_hub_dataset(str(tmp_path / "ds"), None, "text", splits)
+    assert chosen == {"train": [f"t{i}" for i in range(8)], "val": ["t8", "t9"], "test": ["v"]}
+    with pytest.raises(InputError, match=r"data\.dataset_splits: unknown split dev"):
+        sources.read_hub_dataset(str(tmp_path / "ds"), None, "text", {"dev": "validation"})
+
+
 def test_unreachable_hub_name_gets_a_clear_error():
     with pytest.raises(
         InputError, match="not a local file or folder, and loading it as a Hugging Face dataset"
