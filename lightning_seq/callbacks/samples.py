@@ -64,13 +64,15 @@ class SampleGeneration(L.Callback):
             samples = self._generate(trainer, pl_module, f"final, step {trainer.global_step}")
             _print(samples)
 
-    @rank_zero_only
-    def _generate(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> list[str]:
-        if not hasattr(pl_module, "generate"):
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not hasattr(pl_module, "generate"):  # checked on every rank, before any work
             raise InputError(
                 f"SampleGeneration: {type(pl_module).__name__} has no generate() method. "
                 "Fix: remove the callback from the recipe."
             )
+
+    @rank_zero_only
+    def _generate(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> list[str]:
         self.last = pl_module.generate(self.prompts, self.generation)
         path = run_dir(trainer) / "samples.md"
         path.parent.mkdir(parents=True, exist_ok=True)
