@@ -167,7 +167,8 @@ def with_checkpoint_model(argv: list[str]) -> list[str]:
             path = arg.split("=", 1)[1]
     if path is None or not Path(path).is_file():
         return argv
-    hparams = torch.load(path, map_location="cpu", weights_only=True).get("hyper_parameters") or {}
+    # mmap: only the hyperparameters are read here; Lightning loads the weights later
+    hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
     hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
     if "_class_path" not in hparams:
         return argv

@@ -1,9 +1,11 @@
 """Small helpers shared by the data, callback and CLI code."""
 
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
 
 
 def run_dir(trainer: L.Trainer) -> Path:
@@ -19,3 +21,17 @@ def run_dir(trainer: L.Trainer) -> Path:
     else:
         folder = trainer.default_root_dir
     return Path(folder or trainer.default_root_dir)
+
+
+def plain_hparams(hparams: dict) -> None:
+    """Keep saved hyperparameters loadable with ``torch.load(weights_only=True)``, in place.
+
+    Under the CLI, nets and optimizers are ``class_path`` configs that rebuild the model from the
+    checkpoint alone. Live objects of a model built in Python are dropped (pass them again:
+    ``load_from_checkpoint(path, net=...)``) and dataclasses become dicts.
+    """
+    for key, value in list(hparams.items()):
+        if isinstance(value, nn.Module) or callable(value):
+            del hparams[key]
+        elif is_dataclass(value):
+            hparams[key] = asdict(value)

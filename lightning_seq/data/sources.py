@@ -82,7 +82,7 @@ def fingerprint(
         if files is None:
             ident = ["hub", source, dataset_config, splits]
         else:
-            ident = [[str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+            ident = [[str(p.resolve()), st.st_size, st.st_mtime_ns] for p in files for st in [p.stat()]]
     blob = json.dumps([ident, text_column], sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
@@ -251,7 +251,7 @@ def carve_splits(corpus: Corpus, val_fraction: float, test_fraction: float) -> C
         "test": test_fraction if "test" in missing else 0.0,
     }
     train = corpus["train"]
-    total = sum(len(d) for d in train)
+    total = _length(train)
     test_start = total - round(total * fractions["test"])
     val_start = test_start - round(total * fractions["val"])
     train, rest = _cut(train, val_start)

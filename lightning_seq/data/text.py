@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from lightning_seq.data import sources
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, special_ids
 from lightning_seq.errors import InputError
-from lightning_seq.utils import run_dir
+from lightning_seq.utils import plain_hparams, run_dir
 
 CACHE_VERSION = 1
 
@@ -163,8 +163,7 @@ class TextDataModule(L.LightningDataModule):
         if isinstance(tokenizer, dict):  # from a checkpoint's hyperparameters
             tokenizer = TokenizerConfig(**tokenizer)
         self.save_hyperparameters()
-        if isinstance(tokenizer, TokenizerConfig):  # keep checkpoints loadable with weights_only=True
-            self.hparams["tokenizer"] = asdict(tokenizer)
+        plain_hparams(self.hparams)
         self.tokenizer_config = tokenizer or TokenizerConfig()
         _check_positive(block_size=block_size, batch_size=batch_size)
         if mode not in ("stream", "window"):
@@ -223,7 +222,6 @@ class TextDataModule(L.LightningDataModule):
             "source": sources.fingerprint(
                 self.source, self.text_column, self.dataset_config, self.dataset_splits
             ),
-            "config": self.dataset_config,
             "tokenizer": self.tokenizer_config.identity(),
             "fractions": [self.val_fraction, self.test_fraction],
         }
@@ -320,10 +318,11 @@ class TextDataModule(L.LightningDataModule):
                 f"{self.block_size + 1}. Fix: lower data.block_size or use a larger corpus."
             )
         per_stream = (n - 1) // (self.batch_size * world)
-        if self.mode == "stream" and per_stream < (self.block_size if split == "train" else 1):
+        need = self.block_size if split == "train" else 1  # evaluation takes shorter streams
+        if self.mode == "stream" and per_stream < need:
             raise InputError(
                 f"data.block_size: the {split} split has {n} tokens: {per_stream} per stream for "
-                f"{self.batch_size} x {world} streams, less than block_size = {self.block_size}. "
+                f"{self.batch_size} x {world} streams, fewer than {need} (block_size = {self.block_size}). "
                 "Fix: lower data.block_size or data.batch_size, or use a larger corpus."
             )
 

@@ -7,7 +7,6 @@ one, detached: truncated backpropagation through time. It is reset at the start 
 """
 
 import warnings
-from dataclasses import asdict, is_dataclass
 
 import lightning as L
 import torch
@@ -19,6 +18,7 @@ from lightning_seq.data.tokenizers import EOS
 from lightning_seq.decoding import GenerationConfig, State, detach_state, generate
 from lightning_seq.errors import InputError
 from lightning_seq.modules._optim import OptimizerFactory, Schedule, configure_optimization
+from lightning_seq.utils import plain_hparams
 
 
 class LanguageModel(L.LightningModule):
@@ -52,7 +52,7 @@ class LanguageModel(L.LightningModule):
         with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()
-        _keep_serializable(self.hparams)
+        plain_hparams(self.hparams)
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
             raise InputError(
                 "model.warmup_steps / model.min_lr_ratio: expected warmup_steps >= 0 and "
@@ -183,17 +183,3 @@ class LanguageModel(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "tokenizer" in checkpoint:
             self.tokenizer = Tokenizer.from_str(checkpoint["tokenizer"])
-
-
-def _keep_serializable(hparams: dict) -> None:
-    """Keep the hyperparameters loadable with ``torch.load(weights_only=True)``.
-
-    Under the CLI the net and optimizer are ``class_path`` configs that rebuild the model from the
-    checkpoint alone. Live objects of a model built in Python are dropped (pass them again:
-    ``load_from_checkpoint(path, net=...)``) and dataclasses become dicts.
-    """
-    for key, value in list(hparams.items()):
-        if isinstance(value, nn.Module) or callable(value):
-            del hparams[key]
-        elif is_dataclass(value):
-            hparams[key] = asdict(value)
