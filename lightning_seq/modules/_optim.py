@@ -24,6 +24,8 @@ _NO_DECAY = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchN
 def param_groups(module: nn.Module) -> list[dict]:
     """Trainable parameters in two groups: decayed weight matrices, and the rest with ``weight_decay=0``.
 
+    Not decayed: biases, vectors, norms, embeddings, and the parameters that a module names in its
+    ``no_weight_decay`` attribute (position embeddings, class tokens, relative position biases).
     A parameter shared by several modules (tied embeddings) is listed once, in the group of the
     first module that owns it.
     """
@@ -33,7 +35,12 @@ def param_groups(module: nn.Module) -> list[dict]:
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            skip = isinstance(sub, _NO_DECAY) or param.ndim < 2 or name.endswith("bias")
+            skip = (
+                isinstance(sub, _NO_DECAY)
+                or param.ndim < 2
+                or name.endswith("bias")
+                or name in getattr(sub, "no_weight_decay", ())
+            )
             (no_decay if skip else decay).append(param)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
