@@ -18,7 +18,13 @@ from lightning_seq.layers.recurrent import (
     lstm_cell,
     rnn_tanh_cell,
 )
-from lightning_seq.layers.transformer import DropPath, FeedForward, TransformerBlock, drop_path_rates
+from lightning_seq.layers.transformer import (
+    DropPath,
+    FeedForward,
+    TransformerBlock,
+    drop_path_rates,
+    init_linear_,
+)
 from lightning_seq.layers.windows import (
     PatchMerging,
     SwinBlock,
@@ -49,6 +55,7 @@ __all__ = [
     "causal_mask",
     "drop_path_rates",
     "gru_cell",
+    "init_linear_",
     "lstm_cell",
     "patch_grid",
     "relative_position_index",

@@ -138,3 +138,12 @@ class TransformerBlock(nn.Module):
             return x + self.drop_path(self.ffn(self.norm2(x)))
         x = self.norm1(x + self._attend(x, mask, causal, bias))
         return self.norm2(x + self.drop_path(self.ffn(x)))
+
+
+def init_linear_(root: nn.Module, std: float = 0.02) -> None:
+    """Every ``nn.Linear`` under ``root``: truncated normal weights (``std``, cut at 2 std), zero biases."""
+    for module in root.modules():
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)

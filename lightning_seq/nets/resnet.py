@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from lightning_seq.errors import InputError
 from lightning_seq.layers.channel_attention import SqueezeExcitation
+from lightning_seq.nets._presets import Presets
 
 __all__ = ["BasicBlock", "ResNet"]
 
@@ -81,7 +82,7 @@ def _stem(kind: str, in_channels: int, width: int) -> nn.Sequential:
     raise InputError(f"ResNet: stem={kind!r} is not supported; expected one of cifar, imagenet.")
 
 
-class ResNet(nn.Module):
+class ResNet(Presets, nn.Module):
     """ResNet of :class:`BasicBlock` stages, global average pooling and a linear head.
 
     .. math::
@@ -147,13 +148,6 @@ class ResNet(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> ResNet:
-        """Build a named size from :attr:`PRESETS`; ``overrides`` replace any constructor argument."""
-        if name not in cls.PRESETS:
-            raise InputError(f"ResNet: preset={name!r} is unknown; expected one of {', '.join(cls.PRESETS)}.")
-        return cls(**{**cls.PRESETS[name], **overrides})
 
     def forward_features(self, images: Tensor) -> Tensor:
         """The last stage's feature map.

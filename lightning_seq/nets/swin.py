@@ -17,8 +17,9 @@ from torch import Tensor, nn
 
 from lightning_seq.errors import InputError
 from lightning_seq.layers.patches import PatchEmbedding, PatchKind, patch_grid
-from lightning_seq.layers.transformer import drop_path_rates
+from lightning_seq.layers.transformer import drop_path_rates, init_linear_
 from lightning_seq.layers.windows import PatchMerging, SwinBlock
+from lightning_seq.nets._presets import Presets
 
 __all__ = ["Swin"]
 
@@ -48,7 +49,7 @@ def _check_grid(image_size: int, patch_size: int, window_size: int, stages: int)
         )
 
 
-class Swin(nn.Module):
+class Swin(Presets, nn.Module):
     """Swin Transformer: patch embedding, stages of Swin blocks with patch merging, pooled head.
 
     .. math::
@@ -136,22 +137,7 @@ class Swin(nn.Module):
         self.num_features = dim * 2 ** (len(depths) - 1)
         self.norm = nn.LayerNorm(self.num_features)
         self.head = nn.Linear(self.num_features, num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        """Truncated normal (std 0.02) for linear weights, zero biases, as the reference code."""
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> Swin:
-        """Build a named size from :attr:`PRESETS`; ``overrides`` replace any constructor argument."""
-        if name not in cls.PRESETS:
-            raise InputError(f"Swin: preset={name!r} is unknown; expected one of {', '.join(cls.PRESETS)}.")
-        return cls(**{**cls.PRESETS[name], **overrides})
+        init_linear_(self)  # truncated normal (std 0.02), zero biases, as the reference code
 
     def forward_stages(self, images: Tensor) -> list[Tensor]:
         """The feature map after every stage.

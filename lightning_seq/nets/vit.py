@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seq.errors import InputError
 from lightning_seq.layers.patches import PatchEmbedding, PatchKind, patch_grid
-from lightning_seq.layers.transformer import TransformerBlock, drop_path_rates
+from lightning_seq.layers.transformer import TransformerBlock, drop_path_rates, init_linear_
+from lightning_seq.nets._presets import Presets
 
 __all__ = ["ViT"]
 
@@ -51,7 +51,7 @@ def resize_pos_embed(pos_embed: Tensor, num_extra: int, grid: int) -> Tensor:
     return torch.cat([extra, patches.to(pos_embed.dtype)], dim=1)
 
 
-class ViT(nn.Module):
+class ViT(Presets, nn.Module):
     """Vision Transformer classifier; DeiT when ``distillation=True``.
 
     .. math::
@@ -128,18 +128,7 @@ class ViT(nn.Module):
         for token in (self.cls_token, self.dist_token, self.pos_embed):
             if token is not None:
                 _trunc_normal_(token)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                _trunc_normal_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-    @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> ViT:
-        """Build a named size from :attr:`PRESETS`; ``overrides`` replace any constructor argument."""
-        if name not in cls.PRESETS:
-            raise InputError(f"ViT: preset={name!r} is unknown; expected one of {', '.join(cls.PRESETS)}.")
-        return cls(**{**cls.PRESETS[name], **overrides})
+        init_linear_(self)
 
     def _load_from_state_dict(
         self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any
