@@ -1,6 +1,8 @@
 """DataModules, tokenizers and embedded datasets."""
 
+from lightning_seq.data.augment import ImageAugment
+from lightning_seq.data.images import ImageDataModule
 from lightning_seq.data.text import TextDataModule
 from lightning_seq.data.tokenizers import TokenizerConfig
 
-__all__ = ["TextDataModule", "TokenizerConfig"]
+__all__ = ["ImageAugment", "ImageDataModule", "TextDataModule", "TokenizerConfig"]

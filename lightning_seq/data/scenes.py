@@ -1,0 +1,311 @@
+"""Procedural scenes of coloured shapes: the embedded image data, with exact captions.
+
+A scene is drawn from ``(seed, index)`` alone, so any scene can be rebuilt, rendered at another
+size or described again without its image. Pure PIL and numpy: no torch, no Lightning.
+
+>>> scene = make_scene(seed=0, index=7)
+>>> image = render(scene)  # a 32x32 RGB PIL image
+>>> describe(scene)  # doctest: +SKIP
+'a small red star on the left'
+
+:func:`write_scene_dataset` writes train/validation/test splits as a Hugging Face ``imagefolder``
+(PNG files and a ``metadata.jsonl`` per split), the format real image folders come in.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+#: Bumped whenever the same ``(seed, index)`` would give a different scene or image.
+GENERATOR_VERSION = 1
+
+#: The shapes, all symmetric enough that a flip leaves their name true; none is a rotation of another.
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring")
+
+#: The colours, far from each other and from the dark backgrounds.
+COLORS = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 70),
+    "blue": (50, 100, 240),
+    "yellow": (240, 220, 50),
+    "purple": (160, 70, 210),
+    "orange": (250, 140, 30),
+}
+
+#: Scene index offset of each split, so that splits never share a scene.
+SPLIT_OFFSETS = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
+
+SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled: antialiased edges
+
+
+@dataclass
+class SceneObject:
+    """One shape, centred on pixel ``(x, y)`` and fitting a ``size`` x ``size`` box.
+
+    Args:
+        shape: one of :data:`SHAPES`.
+        color: one of :data:`COLORS`.
+        size: side of its bounding box, in pixels.
+        x: column of its centre pixel.
+        y: row of its centre pixel.
+    """
+
+    shape: str
+    color: str
+    size: int
+    x: int
+    y: int
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        """``(left, top, right, bottom)`` in continuous pixel coordinates (pixel ``i`` spans ``[i, i+1)``)."""
+        half = self.size / 2
+        return (self.x + 0.5 - half, self.y + 0.5 - half, self.x + 0.5 + half, self.y + 0.5 + half)
+
+
+@dataclass
+class Scene:
+    """Shapes on a textured background; the first object is the main one (the label).
+
+    Args:
+        objects: the shapes, drawn in order.
+        background: the background's base RGB colour.
+        image_size: the side of the image the coordinates refer to.
+        texture_seed: seeds the image's grain (noise).
+        gradient: how much the background brightens across the image, left to right and top to bottom.
+    """
+
+    objects: list[SceneObject]
+    background: tuple[int, int, int]
+    image_size: int = 32
+    texture_seed: int = 0
+    gradient: tuple[float, float] = (0.0, 0.0)
+
+
+def make_scene(
+    seed: int, index: int, image_size: int = 32, min_objects: int = 1, max_objects: int = 1
+) -> Scene:
+    """The scene numbered ``index`` of the collection ``seed``; the same arguments give the same scene.
+
+    Objects take 30-75% of the image side when alone (10-24 px at 32 px), less when there are
+    several, lie wholly inside the image and overlap little.
+    """
+    if image_size < 16:
+        raise ValueError(f"image_size must be at least 16, got {image_size}")
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"expected 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    rng = random.Random(f"{seed}-{index}")  # str seeds are hashed with SHA-512: stable across runs
+    count = rng.randint(min_objects, max_objects)
+    background = tuple(rng.randint(10, 75) for _ in range(3))
+    scale = 1.0 if count == 1 else 1 / math.sqrt(count)
+    lo, hi = max(5, round(0.3 * image_size * scale)), max(6, round(0.75 * image_size * scale))
+    objects: list[SceneObject] = []
+    for _ in range(count):
+        shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
+        size = rng.randint(lo, hi)
+        for attempt in range(200):
+            if attempt and attempt % 50 == 0:  # crowded: try smaller
+                size = max(lo // 2, round(size * 0.8))
+            x, y = (rng.randint(size // 2, image_size - 1 - size // 2) for _ in range(2))
+            if all(math.dist((x, y), (o.x, o.y)) >= 0.5 * (size + o.size) for o in objects):
+                break
+        objects.append(SceneObject(shape, color, size, x, y))
+    gradient = (rng.uniform(-20, 20), rng.uniform(-20, 20))
+    return Scene(objects, background, image_size, rng.getrandbits(63), gradient)
+
+
+def render(scene: Scene, image_size: int | None = None) -> Image.Image:
+    """Draw a scene as an RGB image of side ``image_size`` (default: the scene's own)."""
+    size = image_size or scene.image_size
+    big = size * SUPERSAMPLE
+    zoom = big / scene.image_size
+    ramp = np.linspace(-0.5, 0.5, big)
+    base = np.asarray(scene.background, np.float32)
+    canvas = base + scene.gradient[0] * ramp[None, :, None] + scene.gradient[1] * ramp[:, None, None]
+    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(image)
+    for obj in scene.objects:
+        left, top, right, bottom = (v * zoom for v in obj.bbox)
+        _draw_shape(draw, obj.shape, COLORS[obj.color], left, top, right, bottom)
+    image = image.resize((size, size), Image.Resampling.BOX)
+    noise = np.random.default_rng(scene.texture_seed).normal(0.0, 5.0, (size, size, 1))  # grey grain
+    pixels = np.asarray(image, np.float32) + noise
+    return Image.fromarray(np.clip(pixels.round(), 0, 255).astype(np.uint8), "RGB")
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, shape: str, rgb, left, top, right, bottom) -> None:
+    cx, cy, r = (left + right) / 2, (top + bottom) / 2, (right - left) / 2
+    if shape == "circle":
+        draw.ellipse((left, top, right, bottom), fill=rgb)
+    elif shape == "square":
+        draw.rectangle((left, top, right, bottom), fill=rgb)
+    elif shape == "triangle":  # apex up, base along the bottom of the box
+        draw.polygon([(cx, top), (right, bottom), (left, bottom)], fill=rgb)
+    elif shape == "star":  # five points, fat enough to read at 10 px
+        points = [
+            (cx + rad * math.sin(k * math.pi / 5), cy - rad * math.cos(k * math.pi / 5))
+            for k in range(10)
+            for rad in [r if k % 2 == 0 else 0.5 * r]
+        ]
+        draw.polygon(points, fill=rgb)
+    elif shape == "cross":  # a plus sign, arms a third of the box thick
+        t = r / 3
+        draw.rectangle((cx - t, top, cx + t, bottom), fill=rgb)
+        draw.rectangle((left, cy - t, right, cy + t), fill=rgb)
+    elif shape == "ring":
+        draw.ellipse((left, top, right, bottom), outline=rgb, width=max(1, round(0.4 * r)))
+    else:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {', '.join(SHAPES)}")
+
+
+# ------------------------------------------------------------------------------------------- captions
+def describe(scene: Scene) -> str:
+    """A plain English caption that names every object's colour and shape.
+
+    One object: size and place, ``"a small red circle in the top left"``. Several: the first
+    object's place relative to the second, then the rest, ``"a red circle above a blue square and
+    a green star"``.
+    """
+    objects = scene.objects
+    if len(objects) == 1:
+        obj = objects[0]
+        size = _size_word(obj, scene.image_size)
+        return f"{_a(size, obj.color)} {obj.shape} {_place(obj, scene.image_size)}"
+    first, second, *rest = objects
+    text = f"{_a(first.color)} {first.shape} {_relation(first, second)} {_a(second.color)} {second.shape}"
+    names = [f"{_a(o.color)} {o.shape}" for o in rest]
+    if len(names) > 1:
+        text += ", " + ", ".join(names[:-1])
+    if names:
+        text += f" and {names[-1]}"
+    return text
+
+
+def _a(*words: str) -> str:
+    """``"a red"``, ``"an orange"``, ``"a small red"``: the words after the right article."""
+    text = " ".join(w for w in words if w)
+    return ("an " if text[0] in "aeiou" else "a ") + text
+
+
+def _size_word(obj: SceneObject, image_size: int) -> str:
+    fraction = obj.size / image_size
+    return "small" if fraction < 0.45 else "large" if fraction >= 0.6 else ""
+
+
+def _third(coord: int, image_size: int) -> int:
+    return min(2, int(3 * (coord + 0.5) / image_size))
+
+
+def _place(obj: SceneObject, image_size: int) -> str:
+    row = ("top", "", "bottom")[_third(obj.y, image_size)]
+    col = ("left", "", "right")[_third(obj.x, image_size)]
+    if row and col:
+        return f"in the {row} {col}"
+    if row:
+        return f"at the {row}"
+    return f"on the {col}" if col else "in the middle"
+
+
+def _relation(a: SceneObject, b: SceneObject) -> str:
+    dx, dy = a.x - b.x, a.y - b.y
+    if abs(dy) >= abs(dx):
+        return "above" if dy < 0 else "below"
+    return "to the left of" if dx < 0 else "to the right of"
+
+
+# ------------------------------------------------------------------------------------------ datasets
+def scene_record(scene: Scene, file_name: str, index: int) -> dict:
+    """One ``metadata.jsonl`` line: the main object's shape and colour, the caption, every object."""
+    main = scene.objects[0]
+    return {
+        "file_name": file_name,
+        "shape": main.shape,
+        "color": main.color,
+        "caption": describe(scene),
+        "index": index,
+        "objects": [asdict(o) for o in scene.objects],
+    }
+
+
+def write_scene_dataset(
+    root: Path,
+    image_size: int,
+    sizes: dict[str, int],
+    seed: int,
+    min_objects: int = 1,
+    max_objects: int = 1,
+    processes: int | None = None,
+) -> None:
+    """Write scenes as a Hugging Face ``imagefolder``: ``root/<split>/<index:06d>.png`` + ``metadata.jsonl``.
+
+    Split ``s`` holds scenes ``SPLIT_OFFSETS[s] + i`` for ``i < sizes[s]``, so splits are disjoint.
+    The folder appears whole or not at all: it is written beside ``root`` and renamed into place.
+
+    Args:
+        root: the dataset folder; replaced if it exists.
+        image_size: side of the images in pixels.
+        sizes: images per split, e.g. ``{"train": 12000, "validation": 2000, "test": 2000}``.
+        seed: the scene collection.
+        min_objects: fewest objects per scene.
+        max_objects: most objects per scene.
+        processes: worker processes drawing images (default: one per CPU, at most 8).
+    """
+    unknown = set(sizes) - set(SPLIT_OFFSETS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; expected {', '.join(SPLIT_OFFSETS)}")
+    root = Path(root)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
+    try:
+        jobs = []
+        for split, count in sizes.items():
+            (tmp / split).mkdir()
+            for start in range(0, count, 500):
+                stop = min(count, start + 500)
+                jobs.append(
+                    (tmp / split, split, range(start, stop), image_size, seed, min_objects, max_objects)
+                )
+        records: dict[str, list[dict]] = {split: [] for split in sizes}
+        processes = processes or min(8, os.cpu_count() or 1)
+        if processes > 1 and len(jobs) > 1:
+            with get_context(_start_method()).Pool(processes) as pool:
+                for split, chunk in pool.imap(_write_chunk, jobs):
+                    records[split].extend(chunk)
+        else:
+            for split, chunk in map(_write_chunk, jobs):
+                records[split].extend(chunk)
+        for split, lines in records.items():
+            with (tmp / split / "metadata.jsonl").open("w", encoding="utf-8") as f:
+                f.writelines(json.dumps(line) + "\n" for line in lines)
+        shutil.rmtree(root, ignore_errors=True)
+        os.replace(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_chunk(job) -> tuple[str, list[dict]]:
+    folder, split, numbers, image_size, seed, min_objects, max_objects = job
+    records = []
+    for i in numbers:
+        index = SPLIT_OFFSETS[split] + i
+        scene = make_scene(seed, index, image_size, min_objects, max_objects)
+        name = f"{i:06d}.png"
+        render(scene).save(folder / name, compress_level=1)
+        records.append(scene_record(scene, name, index))
+    return split, records
+
+
+def _start_method() -> str:
+    """``fork`` where the platform has it (fast, nothing to re-import), else ``spawn``."""
+    from multiprocessing import get_all_start_methods
+
+    return "fork" if "fork" in get_all_start_methods() else "spawn"
