@@ -33,6 +33,10 @@ LINKS = (
     ("data.vocab_size", "model.init_args.net.init_args.vocab_size"),
     ("data.pad_id", "model.init_args.pad_id"),
     ("data.carry_state", "model.init_args.carry_state"),
+    ("data.num_classes", "model.init_args.net.init_args.num_classes"),
+    ("data.image_size", "model.init_args.net.init_args.image_size"),
+    ("data.in_channels", "model.init_args.net.init_args.in_channels"),
+    ("data.classes", "model.init_args.classes"),
 )
 
 
