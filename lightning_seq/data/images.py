@@ -31,8 +31,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from functools import cached_property
 from multiprocessing import get_all_start_methods, get_context
@@ -48,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_seq.data import scenes
 from lightning_seq.data.augment import BatchAugment, ImageAugment
-from lightning_seq.data.text import default_cache_dir
+from lightning_seq.data.cache import build_once, default_cache_dir
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams
 
@@ -701,23 +699,8 @@ class ImageDataModule(L.LightningDataModule):
         self.meta  # noqa: B018 - checks the unreadable images and the classes
 
     def _build_cache(self) -> None:
-        final = self.cache_path
-        if (final / "meta.json").is_file():
-            self.cache_hit = True if self.cache_hit is None else self.cache_hit
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(final) + ".lock"):
-            if (final / "meta.json").is_file():  # another process built it while we waited
-                self.cache_hit = True
-                return
-            self.cache_hit = False
-            tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
-            try:
-                self._write_cache(tmp)
-                shutil.rmtree(final, ignore_errors=True)  # an incomplete folder left by a killed run
-                os.replace(tmp, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+        hit = build_once(self.cache_path, self._write_cache)
+        self.cache_hit = hit if self.cache_hit is None else self.cache_hit and hit
 
     def _write_embedded(self) -> None:
         """Write the embedded scenes once (another process may be doing it: the lock waits for it)."""

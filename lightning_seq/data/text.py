@@ -19,9 +19,7 @@ memory-mapped by later runs, which do not read the source again.
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 import warnings
 from dataclasses import asdict
 from functools import cached_property
@@ -31,11 +29,11 @@ from typing import Literal
 import lightning as L
 import numpy as np
 import torch
-from filelock import FileLock
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_seq.data import sources
+from lightning_seq.data.cache import build_once, default_cache_dir
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, special_ids
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams, run_dir
@@ -44,11 +42,6 @@ CACHE_VERSION = 1
 
 # TokenStreams is an IterableDataset with a length on purpose (already sharded; read in-process).
 warnings.filterwarnings("ignore", message="Your `IterableDataset` has `__len__` defined")
-
-
-def default_cache_dir() -> Path:
-    """``$LIGHTNING_SEQ_CACHE``, else ``~/.cache/lightning_seq``."""
-    return Path(os.environ.get("LIGHTNING_SEQ_CACHE", Path.home() / ".cache" / "lightning_seq"))
 
 
 class TokenFile:
@@ -241,23 +234,8 @@ class TextDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Read and tokenize the source into the cache, unless it is there already."""
-        final = self.cache_path
-        if (final / "meta.json").is_file():
-            self.cache_hit = True if self.cache_hit is None else self.cache_hit
-            return
-        final.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(final) + ".lock"):
-            if (final / "meta.json").is_file():  # another process built it while we waited
-                self.cache_hit = True
-                return
-            self.cache_hit = False
-            tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
-            try:
-                self._write_cache(tmp)
-                shutil.rmtree(final, ignore_errors=True)  # an incomplete folder left by a killed run
-                os.replace(tmp, final)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+        hit = build_once(self.cache_path, self._write_cache)
+        self.cache_hit = hit if self.cache_hit is None else self.cache_hit and hit
 
     def _write_cache(self, out: Path) -> None:
         corpus = sources.read_corpus(
