@@ -3,7 +3,8 @@
 One LightningCLI with ``fit``, ``validate``, ``test`` and ``predict``; the model and DataModule are
 chosen by ``class_path`` in the recipe. Sizes that the data determines (vocabulary size, padding id,
 whether batches continue each other; number and names of classes, image size, channels) are linked
-from the DataModule into the model, so recipes never state them. Bad input ends with one ``error:`` line and exit status 2.
+from the DataModule into the model, so recipes never state them. Bad input ends with one ``error:``
+line and exit status 2.
 """
 
 import json

@@ -1,0 +1,123 @@
+"""Image recipes through the command line: fresh processes, real recipes, the embedded scenes."""
+
+import csv
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clitools import CSV_ONLY, RECIPES, REPO, SMOKE, ok, run_dir
+from PIL import Image
+
+IMAGE_RECIPES = [p for p in RECIPES if "lightning_seq.data.ImageDataModule" in p.read_text()]
+RESNET_SE = str(REPO / "recipes" / "resnet_se.yaml")
+# a few hundred scenes instead of 16,000, so that each command takes seconds
+SMALL = [
+    "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
+    "--data.init_args.batch_size=32",
+]  # fmt: skip
+
+
+def needs_teacher(recipe: Path) -> bool:
+    return "teacher:" in recipe.read_text()
+
+
+def metric_columns(run: Path) -> set[str]:
+    return set((run / "metrics.csv").read_text().splitlines()[0].split(","))
+
+
+@pytest.fixture(scope="module")
+def teacher(cli, tmp_path_factory) -> tuple[Path, Path]:
+    """A smoke run of recipes/resnet_se.yaml (CSV logging only): (working folder, best checkpoint)."""
+    cwd = tmp_path_factory.mktemp("teacher")
+    ok(cli("fit", "--config", RESNET_SE, "--config", CSV_ONLY, "--config", SMOKE, *SMALL, cwd=cwd))
+    return cwd, run_dir(cwd, "lightning_logs") / "checkpoints" / "best.ckpt"  # csv_only: default name
+
+
+def test_there_are_four_image_recipes():
+    assert {p.stem for p in IMAGE_RECIPES} == {"swin", "vit", "resnet_se", "deit"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", IMAGE_RECIPES, ids=lambda p: p.stem)
+def test_every_image_recipe_trains_through_the_cli(recipe, teacher, cli, tmp_path):
+    extra = [f"--model.init_args.teacher={teacher[1]}"] if needs_teacher(recipe) else []
+    ok(cli("fit", "--config", str(recipe), "--config", SMOKE, *SMALL, *extra, cwd=tmp_path))
+    run = run_dir(tmp_path, recipe.stem)
+    for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
+        assert (run / name).is_file(), name
+    assert {"train/loss", "val/loss", "val/acc", "val/acc_top5"} <= metric_columns(run)
+    if extra:
+        assert {"train/loss_cls", "train/loss_distill"} <= metric_columns(run)
+    grids = sorted((run / "predictions").glob("step_*.png"))
+    assert grids and Image.open(grids[-1]).size[0] >= 4 * 96  # 16 labelled tiles, 4 a row
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb")), "no offline W&B run"
+
+
+def accuracy_in_a_fresh_process(ckpt: Path, cwd: Path) -> float:
+    """Test accuracy of ``ImageClassifier.load_from_checkpoint`` (the checkpoint alone) on the same data."""
+    script = textwrap.dedent(f"""
+        import torch
+        from lightning_seq.data import ImageDataModule
+        from lightning_seq.modules import ImageClassifier
+        model = ImageClassifier.load_from_checkpoint({str(ckpt)!r}).eval()
+        dm = ImageDataModule(num_train=256, num_val=64, num_test=64, batch_size=32, num_workers=0)
+        dm.setup("test")
+        right = total = 0
+        with torch.no_grad():
+            for batch in dm.test_dataloader():
+                batch = dm.transform(batch, train=False)
+                right += int((model(batch["image"]).argmax(-1) == batch["label"]).sum())
+                total += len(batch["label"])
+        print(right / total)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=cwd)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_a_checkpoint_tests_and_predicts_alone_with_the_averaged_weights(teacher, cli):
+    cwd, ckpt = teacher
+    ok(cli("test", "--config", RESNET_SE, "--config", CSV_ONLY, *SMALL, "--ckpt_path", str(ckpt), cwd=cwd))
+    rows = list(csv.DictReader((run_dir(cwd, "lightning_logs") / "metrics.csv").open()))
+    from_cli = float(next(r["test/acc"] for r in rows if r.get("test/acc")))
+    assert accuracy_in_a_fresh_process(ckpt, cwd) == pytest.approx(from_cli, abs=1e-6)
+
+    import torch
+
+    saved = torch.load(ckpt, weights_only=True)
+    ema, current = saved["state_dict"], saved["current_model_state"]  # EMAWeightAveraging's layout
+    assert any(not torch.equal(ema[k], current[k]) for k in ema if ema[k].is_floating_point())
+
+    ok(cli("predict", "--config", RESNET_SE, "--config", CSV_ONLY, *SMALL, "--ckpt_path", str(ckpt), cwd=cwd))
+    written = run_dir(cwd, "lightning_logs") / "predictions.jsonl"
+    predictions = [json.loads(line) for line in written.read_text().splitlines()]
+    shapes = {"circle", "square", "triangle", "star", "cross", "ring"}
+    assert len(predictions) == 64 and all(p["pred"] in shapes and p["label"] in shapes for p in predictions)
+
+
+def test_bad_image_input_gets_one_clear_error(teacher, cli, tmp_path):
+    cwd, _ = teacher
+    folder = tmp_path / "pets"
+    for name in ("cat", "dog"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(folder / name / f"{i}.png")
+    (folder / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    before = {p: p.stat().st_mtime_ns for p in (cwd / "runs").rglob("*") if p.is_file()}
+    cases = {
+        "corrupt image": ([f"--data.init_args.dataset={folder}"], "broken.png"),
+        "missing folder": (["--data.init_args.dataset=no/such/folder"], "no/such/folder"),
+        "missing teacher": ([f"--model.init_args.teacher={tmp_path}/none/*.ckpt"], "no checkpoint at"),
+    }
+    for case, (args, message) in cases.items():
+        result = cli("fit", "--config", RESNET_SE, "--config", CSV_ONLY, "--config", SMOKE, *args, cwd=cwd)
+        assert result.returncode == 2, f"{case}: exit {result.returncode}\n{result.stderr[-2000:]}"
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], f"{case}: {result.stderr[-2000:]}"
+        assert "Traceback" not in result.stderr, case
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # the earlier run is untouched
