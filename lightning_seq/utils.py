@@ -23,15 +23,17 @@ def run_dir(trainer: L.Trainer) -> Path:
     return Path(folder or trainer.default_root_dir)
 
 
-def plain_hparams(hparams: dict) -> None:
+def plain_hparams(owner: L.LightningModule | L.LightningDataModule) -> None:
     """Keep saved hyperparameters loadable with ``torch.load(weights_only=True)``, in place.
 
     Under the CLI, nets and optimizers are ``class_path`` configs that rebuild the model from the
     checkpoint alone. Live objects of a model built in Python are dropped (pass them again:
-    ``load_from_checkpoint(path, net=...)``) and dataclasses become dicts.
+    ``load_from_checkpoint(path, net=...)``) and dataclasses become dicts, both in ``hparams`` and
+    in the initial copy that loggers receive.
     """
-    for key, value in list(hparams.items()):
-        if isinstance(value, nn.Module) or callable(value):
-            del hparams[key]
-        elif is_dataclass(value):
-            hparams[key] = asdict(value)
+    for hparams in (owner.hparams, getattr(owner, "_hparams_initial", None) or {}):
+        for key, value in list(hparams.items()):
+            if isinstance(value, nn.Module) or callable(value):
+                del hparams[key]
+            elif is_dataclass(value):
+                hparams[key] = asdict(value)

@@ -566,7 +566,7 @@ class ImageDataModule(L.LightningDataModule):
             augment = ImageAugment(**augment)
         # the class names go in checkpoints through state_dict(); the model has them as hyperparameters
         self.save_hyperparameters(ignore=["classes"])
-        plain_hparams(self.hparams)
+        plain_hparams(self)
         if image_size < 8:
             raise InputError(f"data.image_size: expected at least 8 pixels, got {image_size}.")
         if label_by not in ("shape", "color"):

@@ -156,7 +156,7 @@ class TextDataModule(L.LightningDataModule):
         if isinstance(tokenizer, dict):  # from a checkpoint's hyperparameters
             tokenizer = TokenizerConfig(**tokenizer)
         self.save_hyperparameters()
-        plain_hparams(self.hparams)
+        plain_hparams(self)
         self.tokenizer_config = tokenizer or TokenizerConfig()
         _check_positive(block_size=block_size, batch_size=batch_size)
         if mode not in ("stream", "window"):

@@ -21,6 +21,24 @@ Schedule = Literal["cosine", "constant"]
 _NO_DECAY = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.RMSNorm)
 
 
+class SharedFactory:
+    """An optimizer factory that copies of its module share instead of copying.
+
+    Copying a module (Lightning's ``EMAWeightAveraging`` deep-copies it) would otherwise copy the
+    factory too; the one that LightningCLI builds refers back to the parser and, under DDP, to
+    objects holding locks, which cannot be copied. A factory has no state, so sharing it is safe.
+    """
+
+    def __init__(self, factory: OptimizerFactory):
+        self.factory = factory.factory if isinstance(factory, SharedFactory) else factory
+
+    def __call__(self, params: Iterable) -> torch.optim.Optimizer:
+        return self.factory(params)
+
+    def __deepcopy__(self, memo: dict) -> "SharedFactory":
+        return self
+
+
 def param_groups(module: nn.Module) -> list[dict]:
     """Trainable parameters in two groups: decayed weight matrices, and the rest with ``weight_decay=0``.
 

@@ -25,7 +25,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_seq.errors import InputError
-from lightning_seq.modules._optim import OptimizerFactory, Schedule, configure_optimization
+from lightning_seq.modules._optim import OptimizerFactory, Schedule, SharedFactory, configure_optimization
 from lightning_seq.utils import plain_hparams
 
 Distillation = Literal["hard", "soft"]
@@ -71,10 +71,10 @@ class ImageClassifier(L.LightningModule):
         with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()
-        plain_hparams(self.hparams)
+        plain_hparams(self)
         _check_settings(warmup_steps, min_lr_ratio, label_smoothing, distillation, distill_alpha)
         self.net = net
-        self.optimizer = optimizer
+        self.optimizer = SharedFactory(optimizer)
         self.classes = list(classes) if classes is not None else None
         num_classes = len(self.classes) if self.classes is not None else getattr(net, "num_classes", None)
         if not num_classes:

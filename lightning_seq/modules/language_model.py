@@ -17,7 +17,7 @@ from torch import nn
 from lightning_seq.data.tokenizers import EOS
 from lightning_seq.decoding import GenerationConfig, State, detach_state, generate
 from lightning_seq.errors import InputError
-from lightning_seq.modules._optim import OptimizerFactory, Schedule, configure_optimization
+from lightning_seq.modules._optim import OptimizerFactory, Schedule, SharedFactory, configure_optimization
 from lightning_seq.utils import plain_hparams
 
 
@@ -52,14 +52,14 @@ class LanguageModel(L.LightningModule):
         with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()
-        plain_hparams(self.hparams)
+        plain_hparams(self)
         if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
             raise InputError(
                 "model.warmup_steps / model.min_lr_ratio: expected warmup_steps >= 0 and "
                 f"0 <= min_lr_ratio <= 1, got {warmup_steps} and {min_lr_ratio}."
             )
         self.net = net
-        self.optimizer = optimizer
+        self.optimizer = SharedFactory(optimizer)
         self.carry_state = carry_state
         self.ignore_index = -100 if pad_id is None else pad_id
         if isinstance(generation, dict):  # from a checkpoint of a model built in Python

@@ -1,5 +1,9 @@
 """ImageClassifier: it learns, its losses follow their equations, and distillation uses a frozen teacher."""
 
+import copy
+import functools
+import threading
+
 import lightning as L
 import pytest
 import torch
@@ -9,7 +13,7 @@ from torch import nn
 from lightning_seq.data import ImageAugment, ImageDataModule
 from lightning_seq.errors import InputError
 from lightning_seq.modules import ImageClassifier
-from lightning_seq.modules._optim import param_groups
+from lightning_seq.modules._optim import SharedFactory, param_groups
 from lightning_seq.nets import ResNet, ViT
 
 SMALL = {"num_train": 384, "num_val": 96, "num_test": 96, "batch_size": 32, "num_workers": 0}
@@ -125,3 +129,15 @@ def test_bad_settings_and_teachers_are_clear_errors(tmp_path):
         ImageClassifier(net, teacher=str(junk)).setup("fit")
     with pytest.raises(InputError, match="teacher predicts 4 classes"):
         ImageClassifier(net, classes=["a", "b", "c"]).use_teacher(Constant(4, 0))
+
+
+def test_copies_of_the_module_share_its_optimizer_factory():
+    """EMAWeightAveraging deep-copies the module; under DDP the CLI's factory refers to locks."""
+    model = ImageClassifier(ResNet.from_preset("nano", num_classes=3))
+    lock = threading.Lock()  # as held, deep inside, by the factory that LightningCLI builds
+    model.optimizer = SharedFactory(
+        functools.partial(lambda params, guard: torch.optim.SGD(params, 0.1), guard=lock)
+    )
+    twin = copy.deepcopy(model)
+    assert twin.optimizer is model.optimizer and twin.net is not model.net
+    assert isinstance(twin.optimizer(twin.parameters()), torch.optim.SGD)
