@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from clitools import CSV_ONLY, RECIPES, REPO, SMOKE, ok, run_dir
+from imagefiles import write_hub_layout
 from PIL import Image
 
 IMAGE_RECIPES = [p for p in RECIPES if "lightning_seq.data.ImageDataModule" in p.read_text()]
@@ -87,8 +89,6 @@ def test_a_checkpoint_tests_and_predicts_alone_with_the_averaged_weights(teacher
     from_cli = float(next(r["test/acc"] for r in rows if r.get("test/acc")))
     assert accuracy_in_a_fresh_process(ckpt, cwd) == pytest.approx(from_cli, abs=1e-6)
 
-    import torch
-
     saved = torch.load(ckpt, weights_only=True)
     ema, current = saved["state_dict"], saved["current_model_state"]  # EMAWeightAveraging's layout
     assert any(not torch.equal(ema[k], current[k]) for k in ema if ema[k].is_floating_point())
@@ -121,3 +121,29 @@ def test_bad_image_input_gets_one_clear_error(teacher, cli, tmp_path):
         assert len(errors) == 1 and message in errors[0], f"{case}: {result.stderr[-2000:]}"
         assert "Traceback" not in result.stderr, case
     assert {p: p.stat().st_mtime_ns for p in before} == before  # the earlier run is untouched
+
+
+@pytest.mark.slow
+def test_one_override_switches_a_recipe_to_other_data(cli, tmp_path):
+    """Grey 28x28 images in the Hugging Face hub layout (as mnist): channels and classes flow into the net."""
+    root = tmp_path / "digits"
+    write_hub_layout(root, grey=True)
+    swin = str(REPO / "recipes" / "swin.yaml")
+    data = [f"--data.init_args.dataset={root}", "--data.init_args.batch_size=8"]
+    ok(cli("fit", "--config", swin, "--config", CSV_ONLY, "--config", SMOKE, *data, cwd=tmp_path))
+    ckpt = run_dir(tmp_path, "lightning_logs") / "checkpoints" / "last.ckpt"
+    hparams = torch.load(ckpt, weights_only=True)["hyper_parameters"]
+    net = hparams["net"]["init_args"]
+    assert (net["in_channels"], net["num_classes"], net["image_size"]) == (1, 3, 32)
+    assert hparams["classes"] == ["a", "b", "c"]
+
+
+@pytest.mark.slow
+def test_two_process_ddp_trains_an_image_recipe_and_draws_on_rank_zero(cli, tmp_path):
+    ddp = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]
+    args = ["--config", RESNET_SE, "--config", CSV_ONLY, "--config", SMOKE, *SMALL, *ddp]
+    ok(cli("fit", *args, cwd=tmp_path, timeout=300))
+    run = run_dir(tmp_path, "lightning_logs")
+    assert {"val/acc", "val/acc_top5"} <= metric_columns(run)
+    grids = [p.name for p in sorted((run / "predictions").glob("*.png"))]
+    assert grids == ["step_000002.png", "step_000004.png"]

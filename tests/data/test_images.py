@@ -6,6 +6,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from imagefiles import class_folders, random_image, save_image, write_hub_layout
 from PIL import Image
 
 from lightning_seq.data.augment import ImageAugment
@@ -14,27 +15,6 @@ from lightning_seq.data.scenes import COLORS, SHAPES
 from lightning_seq.errors import InputError
 
 SMALL = {"num_train": 200, "num_val": 40, "num_test": 40, "batch_size": 32, "num_workers": 0}
-
-
-def save_image(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
-
-
-def random_image(rng, height: int, width: int, grey: bool = False) -> np.ndarray:
-    return rng.integers(0, 256, (height, width) if grey else (height, width, 3), dtype=np.uint8)
-
-
-def class_folders(
-    root: Path, classes=("cat", "dog", "fox"), per_class=6, grey=False, sizes=((32, 32),), prefix=""
-) -> Path:
-    """``root/<prefix><class>/<i>.png``: random images of the given sizes."""
-    rng = np.random.default_rng(len(str(root)))
-    for name in classes:
-        for i in range(per_class):
-            height, width = sizes[i % len(sizes)]
-            save_image(root / prefix / name / f"{i}.png", random_image(rng, height, width, grey))
-    return root
 
 
 def metadata_of(folder: Path) -> dict[str, dict]:
@@ -180,28 +160,6 @@ def test_image_folder_with_metadata_jsonl(tmp_path):
         ImageDataModule(dataset=str(root), image_size=20, label_column="species").prepare_data()
     with pytest.raises(InputError, match=r"holds Value.*float"):
         ImageDataModule(dataset=str(root), image_size=20, label_column="weight").prepare_data()
-
-
-def write_hub_layout(root: Path, grey: bool) -> None:
-    """A dataset folder as on the Hugging Face hub (like mnist or cifar10): parquet shards whose image column
-    holds PNG bytes, and a ClassLabel column."""
-    import datasets
-
-    rng = np.random.default_rng(3)
-    features = datasets.Features(
-        {"img": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b", "c"])}
-    )
-    for split, count in (("train", 30), ("test", 9)):
-        cells = []
-        for i in range(count):
-            buffer = io.BytesIO()
-            Image.fromarray(random_image(rng, 28, 28, grey)).save(buffer, format="PNG")
-            cells.append({"bytes": buffer.getvalue(), "path": f"{split}_{i}.png"})
-        table = datasets.Dataset.from_dict(
-            {"img": cells, "label": [i % 3 for i in range(count)]}, features=features
-        )
-        (root / "data").mkdir(parents=True, exist_ok=True)
-        table.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
 
 
 def test_hub_layout_folder_goes_through_the_hub_code_path(tmp_path):
