@@ -64,6 +64,15 @@ def param_groups(module: nn.Module) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
+def check_schedule(warmup_steps: int, min_lr_ratio: float) -> None:
+    """Raise :class:`InputError` for a negative warmup or a final ratio outside [0, 1]."""
+    if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+        raise InputError(
+            "model.warmup_steps / model.min_lr_ratio: expected warmup_steps >= 0 and "
+            f"0 <= min_lr_ratio <= 1, got {warmup_steps} and {min_lr_ratio}."
+        )
+
+
 def lr_lambda(
     warmup_steps: int, total_steps: int, schedule: Schedule, min_lr_ratio: float
 ) -> Callable[[int], float]:

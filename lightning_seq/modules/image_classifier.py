@@ -25,7 +25,13 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_seq.errors import InputError
-from lightning_seq.modules._optim import OptimizerFactory, Schedule, SharedFactory, configure_optimization
+from lightning_seq.modules._optim import (
+    OptimizerFactory,
+    Schedule,
+    SharedFactory,
+    check_schedule,
+    configure_optimization,
+)
 from lightning_seq.utils import plain_hparams
 
 Distillation = Literal["hard", "soft"]
@@ -239,11 +245,7 @@ def load_classifier(path: str | Path) -> ImageClassifier:
 def _check_settings(
     warmup_steps: int, min_lr_ratio: float, label_smoothing: float, distillation: str, alpha: float
 ) -> None:
-    if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
-        raise InputError(
-            "model.warmup_steps / model.min_lr_ratio: expected warmup_steps >= 0 and "
-            f"0 <= min_lr_ratio <= 1, got {warmup_steps} and {min_lr_ratio}."
-        )
+    check_schedule(warmup_steps, min_lr_ratio)
     if not 0.0 <= label_smoothing < 1.0:
         raise InputError(f"model.label_smoothing: expected a value in [0, 1), got {label_smoothing}.")
     if distillation not in ("hard", "soft") or not 0.0 <= alpha <= 1.0:

@@ -17,7 +17,13 @@ from torch import nn
 from lightning_seq.data.tokenizers import EOS
 from lightning_seq.decoding import GenerationConfig, State, detach_state, generate
 from lightning_seq.errors import InputError
-from lightning_seq.modules._optim import OptimizerFactory, Schedule, SharedFactory, configure_optimization
+from lightning_seq.modules._optim import (
+    OptimizerFactory,
+    Schedule,
+    SharedFactory,
+    check_schedule,
+    configure_optimization,
+)
 from lightning_seq.utils import plain_hparams
 
 
@@ -53,11 +59,7 @@ class LanguageModel(L.LightningModule):
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()
         plain_hparams(self)
-        if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
-            raise InputError(
-                "model.warmup_steps / model.min_lr_ratio: expected warmup_steps >= 0 and "
-                f"0 <= min_lr_ratio <= 1, got {warmup_steps} and {min_lr_ratio}."
-            )
+        check_schedule(warmup_steps, min_lr_ratio)
         self.net = net
         self.optimizer = SharedFactory(optimizer)
         self.carry_state = carry_state
