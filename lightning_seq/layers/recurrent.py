@@ -32,7 +32,6 @@ Impl: TypeAlias = Literal["fused", "explicit"]
 RecurrentState: TypeAlias = Tensor | tuple[Tensor, Tensor]
 """A ``(B, num_layers, H)`` tensor (rnn, gru) or a pair of them ``(h, c)`` (lstm)."""
 
-_NUM_GATES: dict[str, int] = {"rnn": 1, "lstm": 4, "gru": 3}
 _IMPLS: tuple[str, ...] = ("fused", "explicit")
 
 
@@ -111,6 +110,9 @@ def gru_cell(x_proj: Tensor, h: Tensor, weight_hh: Tensor, bias_hh: Tensor | Non
     z = torch.sigmoid(x_z + h_z)
     n = torch.tanh(x_n + r * h_n)
     return (1.0 - z) * n + z * h
+
+
+_STEPS = {"rnn": rnn_tanh_cell, "lstm": lstm_cell, "gru": gru_cell}  # one time step of each cell
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -263,7 +265,7 @@ class Recurrent(nn.Module):
         impl: Impl = "fused",
     ) -> None:
         super().__init__()
-        _check_choice("Recurrent", "cell", cell, tuple(_NUM_GATES))
+        _check_choice("Recurrent", "cell", cell, tuple(_STEPS))
         _check_positive_int("Recurrent", "input_size", input_size)
         _check_positive_int("Recurrent", "hidden_size", hidden_size)
         _check_positive_int("Recurrent", "num_layers", num_layers)
@@ -354,7 +356,7 @@ class Recurrent(nn.Module):
     def _run_layer(self, x: Tensor, layer_state: RecurrentState, k: int) -> tuple[Tensor, RecurrentState]:
         weight_ih, weight_hh, bias_ih, bias_hh = self._layer_params(k)
         x_proj = F.linear(x, weight_ih, bias_ih)  # (B, T, G*H), all steps in one matmul
-        step = {"rnn": rnn_tanh_cell, "lstm": lstm_cell, "gru": gru_cell}[self.cell]
+        step = _STEPS[self.cell]
         outputs = []
         for t in range(x.shape[1]):
             layer_state = step(x_proj[:, t], layer_state, weight_hh, bias_hh)

@@ -140,10 +140,15 @@ class TransformerBlock(nn.Module):
         return self.norm2(x + self.drop_path(self.ffn(x)))
 
 
+def trunc_normal_(tensor: Tensor, std: float = 0.02) -> None:
+    """Fill ``tensor`` from a normal distribution with ``std``, cut at 2 std (the ViT/Swin init)."""
+    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
 def init_linear_(root: nn.Module, std: float = 0.02) -> None:
     """Every ``nn.Linear`` under ``root``: truncated normal weights (``std``, cut at 2 std), zero biases."""
     for module in root.modules():
         if isinstance(module, nn.Linear):
-            nn.init.trunc_normal_(module.weight, std=std, a=-2 * std, b=2 * std)
+            trunc_normal_(module.weight, std)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lightning_seq.errors import InputError
 from lightning_seq.layers.attention import MultiHeadAttention
-from lightning_seq.layers.transformer import DropPath, FeedForward
+from lightning_seq.layers.transformer import DropPath, FeedForward, trunc_normal_
 
 
 def window_partition(x: Tensor, window_size: int) -> Tensor:
@@ -103,7 +103,7 @@ class WindowAttention(nn.Module):
         self.heads = heads
         self.attn = MultiHeadAttention(dim, heads, dropout=attn_dropout)
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02, a=-0.04, b=0.04)
+        trunc_normal_(self.relative_position_bias_table)
         self.register_buffer(
             "relative_position_index", relative_position_index(window_size), persistent=False
         )

@@ -18,8 +18,6 @@ from lightning_seq.errors import InputError
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
 Schedule = Literal["cosine", "constant"]
 
-_NO_DECAY = (nn.Embedding, nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.RMSNorm)
-
 
 class SharedFactory:
     """An optimizer factory that copies of its module share instead of copying.
@@ -53,19 +51,21 @@ def param_groups(module: nn.Module) -> list[dict]:
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
+            # vectors are biases and norm scales; embeddings are matrices that are looked up, not multiplied
             skip = (
-                isinstance(sub, _NO_DECAY)
-                or param.ndim < 2
-                or name.endswith("bias")
-                or name in getattr(sub, "no_weight_decay", ())
+                param.ndim < 2 or isinstance(sub, nn.Embedding) or name in getattr(sub, "no_weight_decay", ())
             )
             (no_decay if skip else decay).append(param)
     groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
     return [g for g in groups if g["params"]]
 
 
-def check_schedule(warmup_steps: int, min_lr_ratio: float) -> None:
-    """Raise :class:`InputError` for a negative warmup or a final ratio outside [0, 1]."""
+def check_schedule(warmup_steps: int, min_lr_ratio: float, schedule: str) -> None:
+    """Raise :class:`InputError` for a negative warmup, a final ratio outside [0, 1], an unknown schedule."""
+    if schedule not in ("cosine", "constant"):
+        raise InputError(
+            f"model.lr_schedule: unknown schedule '{schedule}'; expected 'cosine' or 'constant'."
+        )
     if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
         raise InputError(
             "model.warmup_steps / model.min_lr_ratio: expected warmup_steps >= 0 and "
@@ -78,10 +78,7 @@ def lr_lambda(
 ) -> Callable[[int], float]:
     """Multiplier of the peak learning rate at each step: ``step / warmup`` during warmup, then
     ``min + (1 - min) * (1 + cos(pi * progress)) / 2`` (cosine) or ``1`` (constant)."""
-    if schedule not in ("cosine", "constant"):
-        raise InputError(
-            f"model.lr_schedule: unknown schedule '{schedule}'; expected 'cosine' or 'constant'."
-        )
+    check_schedule(warmup_steps, min_lr_ratio, schedule)
 
     def factor(step: int) -> float:
         if step < warmup_steps:

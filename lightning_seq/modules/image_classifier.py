@@ -18,26 +18,25 @@ import warnings
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_seq.errors import InputError
+from lightning_seq.modules._base import NetModule
 from lightning_seq.modules._optim import (
     OptimizerFactory,
     Schedule,
     SharedFactory,
     check_schedule,
-    configure_optimization,
 )
 from lightning_seq.utils import plain_hparams
 
 Distillation = Literal["hard", "soft"]
 
 
-class ImageClassifier(L.LightningModule):
+class ImageClassifier(NetModule):
     """Trains an image classifier; logs ``stage/loss``, ``stage/acc`` and ``stage/acc_top5``.
 
     Args:
@@ -78,7 +77,8 @@ class ImageClassifier(L.LightningModule):
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()
         plain_hparams(self)
-        _check_settings(warmup_steps, min_lr_ratio, label_smoothing, distillation, distill_alpha)
+        check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
+        _check_settings(label_smoothing, distillation, distill_alpha)
         self.net = net
         self.optimizer = SharedFactory(optimizer)
         self.classes = list(classes) if classes is not None else None
@@ -161,15 +161,6 @@ class ImageClassifier(L.LightningModule):
             self.log(f"{stage}/{name}", metric, prog_bar=name == "acc", on_epoch=True, batch_size=size)
         return {"loss": loss, "logits": logits.detach()}
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step(batch, "test")
-
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict]:
         """Top-5 class names and probabilities per image (and the true class when the batch has one)."""
         probs = self(batch["image"]).float().softmax(-1)  # (B, K)
@@ -182,13 +173,6 @@ class ImageClassifier(L.LightningModule):
                 row["label"] = names[int(batch["label"][i])]
             rows.append(row)
         return rows
-
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_optimization(
-            self, self.optimizer, self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.lr_schedule,
-            hp.min_lr_ratio,
-        )  # fmt: skip
 
     # -------------------------------------------------------------------------------- teacher
     def setup(self, stage: str) -> None:
@@ -242,10 +226,7 @@ def load_classifier(path: str | Path) -> ImageClassifier:
     return ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
 
 
-def _check_settings(
-    warmup_steps: int, min_lr_ratio: float, label_smoothing: float, distillation: str, alpha: float
-) -> None:
-    check_schedule(warmup_steps, min_lr_ratio)
+def _check_settings(label_smoothing: float, distillation: str, alpha: float) -> None:
     if not 0.0 <= label_smoothing < 1.0:
         raise InputError(f"model.label_smoothing: expected a value in [0, 1), got {label_smoothing}.")
     if distillation not in ("hard", "soft") or not 0.0 <= alpha <= 1.0:

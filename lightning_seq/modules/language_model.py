@@ -8,7 +8,6 @@ one, detached: truncated backpropagation through time. It is reset at the start 
 
 import warnings
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
@@ -17,17 +16,17 @@ from torch import nn
 from lightning_seq.data.tokenizers import EOS
 from lightning_seq.decoding import GenerationConfig, State, detach_state, generate
 from lightning_seq.errors import InputError
+from lightning_seq.modules._base import NetModule
 from lightning_seq.modules._optim import (
     OptimizerFactory,
     Schedule,
     SharedFactory,
     check_schedule,
-    configure_optimization,
 )
 from lightning_seq.utils import plain_hparams
 
 
-class LanguageModel(L.LightningModule):
+class LanguageModel(NetModule):
     """Trains and samples a language model.
 
     Args:
@@ -59,7 +58,7 @@ class LanguageModel(L.LightningModule):
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()
         plain_hparams(self)
-        check_schedule(warmup_steps, min_lr_ratio)
+        check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
         self.net = net
         self.optimizer = SharedFactory(optimizer)
         self.carry_state = carry_state
@@ -103,15 +102,6 @@ class LanguageModel(L.LightningModule):
         )  # fmt: skip
         return {"loss": loss, "nll_sum": nll_sum.detach(), "num_tokens": num_tokens}
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step(batch, "val")
-
-    def test_step(self, batch: torch.Tensor, batch_idx: int) -> dict[str, torch.Tensor]:
-        return self._step(batch, "test")
-
     def on_train_epoch_start(self) -> None:
         self._carried.pop("train", None)
 
@@ -120,13 +110,6 @@ class LanguageModel(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._carried.pop("test", None)
-
-    def configure_optimizers(self) -> dict:
-        hp = self.hparams
-        return configure_optimization(
-            self, self.optimizer, self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.lr_schedule,
-            hp.min_lr_ratio,
-        )  # fmt: skip
 
     # ------------------------------------------------------------------------------ generation
     def decode_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

@@ -11,10 +11,11 @@ class Presets:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any):
-        """Build a named size from :attr:`PRESETS`; ``overrides`` replace any constructor argument."""
+    def from_preset(cls, name: str, *args: Any, **overrides: Any):
+        """Build a named size from :attr:`PRESETS`; ``args`` go first to the constructor, ``overrides``
+        replace any preset value."""
         if name not in cls.PRESETS:
             raise InputError(
                 f"{cls.__name__}: preset={name!r} is unknown; expected one of {', '.join(cls.PRESETS)}."
             )
-        return cls(**{**cls.PRESETS[name], **overrides})
+        return cls(*args, **{**cls.PRESETS[name], **overrides})

@@ -14,11 +14,12 @@ from torch import Tensor, nn
 
 from lightning_seq.errors import InputError
 from lightning_seq.layers.recurrent import Recurrent, RecurrentState
+from lightning_seq.nets._presets import Presets
 
 __all__ = ["RNNLM"]
 
 
-class RNNLM(nn.Module):
+class RNNLM(Presets, nn.Module):
     """Embedding, stacked recurrent layers and a softmax output layer.
 
     .. math::
@@ -94,22 +95,6 @@ class RNNLM(nn.Module):
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.uniform_(self.out.weight, -0.1, 0.1)
         nn.init.zeros_(self.out.bias)
-
-    @classmethod
-    def from_preset(cls, name: str, vocab_size: int, **overrides: Any) -> RNNLM:
-        """Build a named size from :attr:`PRESETS`.
-
-        Args:
-            name: One of ``"tiny"``, ``"small"``, ``"base"``.
-            vocab_size: Number of token ids.
-            **overrides: Constructor arguments that replace the preset's values.
-
-        Returns:
-            The network.
-        """
-        if name not in cls.PRESETS:
-            raise InputError(f"RNNLM: preset={name!r} is unknown; expected one of {', '.join(cls.PRESETS)}.")
-        return cls(vocab_size=vocab_size, **{**cls.PRESETS[name], **overrides})
 
     def forward(self, tokens: Tensor, state: RecurrentState | None = None) -> tuple[Tensor, RecurrentState]:
         """Next-token logits for every position.

@@ -20,14 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_seq.layers.patches import PatchEmbedding, PatchKind, patch_grid
-from lightning_seq.layers.transformer import TransformerBlock, drop_path_rates, init_linear_
+from lightning_seq.layers.transformer import TransformerBlock, drop_path_rates, init_linear_, trunc_normal_
 from lightning_seq.nets._presets import Presets
 
 __all__ = ["ViT"]
-
-
-def _trunc_normal_(tensor: Tensor, std: float = 0.02) -> None:
-    nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
 
 
 def resize_pos_embed(pos_embed: Tensor, num_extra: int, grid: int) -> Tensor:
@@ -127,7 +123,7 @@ class ViT(Presets, nn.Module):
         """Truncated normal (std 0.02) for tokens, position embeddings and linear weights; zero biases."""
         for token in (self.cls_token, self.dist_token, self.pos_embed):
             if token is not None:
-                _trunc_normal_(token)
+                trunc_normal_(token)
         init_linear_(self)
 
     def _load_from_state_dict(
