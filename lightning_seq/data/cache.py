@@ -1,5 +1,7 @@
 """The on-disk cache shared by the DataModules: where it is, and building an entry exactly once."""
 
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -9,9 +11,17 @@ from pathlib import Path
 from filelock import FileLock
 
 
-def default_cache_dir() -> Path:
-    """``$LIGHTNING_SEQ_CACHE``, else ``~/.cache/lightning_seq``."""
+def default_cache_dir(cache_dir: str | None = None) -> Path:
+    """``cache_dir`` (a DataModule's argument, ``~`` expanded) when given, else ``$LIGHTNING_SEQ_CACHE``,
+    else ``~/.cache/lightning_seq``."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
     return Path(os.environ.get("LIGHTNING_SEQ_CACHE", Path.home() / ".cache" / "lightning_seq"))
+
+
+def key_of(ident) -> str:
+    """A cache entry's name: the first 20 hex digits of the SHA-256 of ``ident`` as sorted-key JSON."""
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def build_once(final: Path, write: Callable[[Path], None], done: str = "meta.json") -> bool:

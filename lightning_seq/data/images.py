@@ -27,37 +27,30 @@ device, augments training batches and adds ``"target"`` soft targets ``(B, num_c
 MixUp or CutMix is on.
 """
 
-import hashlib
 import io
 import json
 import os
 from collections.abc import Sequence
 from functools import cached_property
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import get_context
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
-from filelock import FileLock
 from lightning.pytorch.utilities import rank_zero_warn
 from PIL import ExifTags, Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_seq.data import scenes
 from lightning_seq.data.augment import BatchAugment, ImageAugment
-from lightning_seq.data.cache import build_once, default_cache_dir
+from lightning_seq.data.cache import build_once, default_cache_dir, key_of
+from lightning_seq.data.sources import SPLIT_ALIASES, SPLITS, _first_line
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams
 
 CACHE_VERSION = 1
 EMBEDDED = "shapes"
-SPLITS = ("train", "val", "test")
-SPLIT_ALIASES = {
-    "train": ("train", "training"),
-    "val": ("validation", "valid", "val", "dev"),
-    "test": ("test", "testing"),
-}
 METADATA_FILES = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
 LABEL_NAMES = ("label", "labels")
 HUB_FORMATS = {".parquet", ".arrow", ".jsonl", ".json", ".csv", ".tar", ".zip"}  # a hub-style folder's files
@@ -338,11 +331,6 @@ def read_hub(name: str, config: str | None, kind: str = "hub") -> dict:
     return dict(dsd)
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0] if text else ''}"
-
-
 def our_splits(dsd: dict, where: str) -> dict:
     """Map the source's split names to train / val / test."""
     found = {}
@@ -480,10 +468,10 @@ def scan_images(
         for split, refs in images.items()
         for start in range(0, len(refs), SCAN_CHUNK)
     ]
-    processes = processes or _cpu_count()
+    processes = processes or scenes.cpu_count()
     if processes > 1 and len(tasks) > 4:
-        method = "fork" if "fork" in get_all_start_methods() else "spawn"
-        with get_context(method).Pool(min(processes, len(tasks)), _init_scan, (images,)) as pool:
+        context = get_context(scenes.start_method())
+        with context.Pool(min(processes, len(tasks)), _init_scan, (images,)) as pool:
             results = list(pool.imap(_scan_chunk, tasks))
     else:
         _init_scan(images)
@@ -498,13 +486,6 @@ def scan_images(
     for r in results:
         bad[r["split"]].extend(r["bad"])
     return {"bad": bad, "grey": all(r["grey"] for r in results), "mean": mean.tolist(), "std": std.tolist()}
-
-
-def _cpu_count() -> int:
-    try:
-        return min(8, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return min(8, os.cpu_count() or 1)
 
 
 # --------------------------------------------------------------------------------------- DataModule
@@ -592,7 +573,7 @@ class ImageDataModule(L.LightningDataModule):
         self._mean, self._std = mean, std
         self.augment = augment or ImageAugment()
         self.skip_bad_images = skip_bad_images
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_root = default_cache_dir(cache_dir)
         self.expected_classes = classes
         self._meta: dict | None = None
         self._datasets: dict[str, ImageItems] = {}
@@ -641,9 +622,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def denormalize(self, images: torch.Tensor) -> torch.Tensor:
         """Undo the normalisation: ``(..., C, H, W)`` model inputs back to images in ``[0, 1]``."""
-        shape = (-1, 1, 1)
-        mean = self.mean.to(images.device, images.dtype).view(shape)
-        std = self.std.to(images.device, images.dtype).view(shape)
+        mean, std = (t.to(images.dtype).view(-1, 1, 1) for t in self._device_stats(images.device))
         return (images * std + mean).clamp(0.0, 1.0)
 
     # ----------------------------------------------------------------------------------- the cache
@@ -651,8 +630,7 @@ class ImageDataModule(L.LightningDataModule):
     def scenes_path(self) -> Path:
         """Where the embedded scenes are written (keyed by everything that shapes them)."""
         ident = [scenes.GENERATOR_VERSION, self.image_size, self.seed, self.sizes]
-        key = hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
-        return self.cache_root / "scenes" / key
+        return self.cache_root / "scenes" / key_of(ident)
 
     @cached_property
     def cache_key(self) -> str:
@@ -672,7 +650,7 @@ class ImageDataModule(L.LightningDataModule):
             "image_size": self.image_size,
             "carve": [self.val_fraction, self.seed],
         }
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+        return key_of(ident)
 
     @property
     def cache_path(self) -> Path:
@@ -695,8 +673,7 @@ class ImageDataModule(L.LightningDataModule):
         Raises:
             InputError: some images are unreadable and ``skip_bad_images`` is off.
         """
-        self._build_cache()
-        self.meta  # noqa: B018 - checks the unreadable images and the classes
+        self.meta  # noqa: B018 - builds the cache, checks the unreadable images and the classes
 
     def _build_cache(self) -> None:
         hit = build_once(self.cache_path, self._write_cache)
@@ -704,13 +681,11 @@ class ImageDataModule(L.LightningDataModule):
 
     def _write_embedded(self) -> None:
         """Write the embedded scenes once (another process may be doing it: the lock waits for it)."""
-        path = self.scenes_path
-        if (path / "train" / "metadata.jsonl").is_file():
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if not (path / "train" / "metadata.jsonl").is_file():
-                scenes.write_scene_dataset(path, self.image_size, self.sizes, self.seed)
+        build_once(
+            self.scenes_path,
+            lambda out: scenes.fill_scene_folder(out, self.image_size, self.sizes, self.seed),
+            done="train/metadata.jsonl",
+        )
 
     def _read_source(self) -> tuple[dict, str, str, list[str] | None]:
         """The source's train/val/test splits, its image and label columns, and fixed class names."""
@@ -727,6 +702,8 @@ class ImageDataModule(L.LightningDataModule):
         else:
             dsd = read_hub(self.dataset, self.dataset_config, self.kind)
         splits = our_splits(dsd, self.dataset)
+        if self.kind in ("hub", "disk"):
+            self._hub = splits  # split_dataset reads the same splits: no second load
         image_column, label_column = find_columns(
             splits["train"].features, self.image_column, label_column, self.dataset
         )
@@ -829,13 +806,11 @@ class ImageDataModule(L.LightningDataModule):
         meta = self.meta
         with np.load(self.cache_path / f"{split}.npz") as arrays:
             rows, labels = arrays["rows"], arrays["labels"]
-        if meta["kind"] in ("embedded", "folder"):
+        if self.kind in ("embedded", "folder"):
             images: Sequence = (self.cache_path / f"{split}.paths").read_text(encoding="utf-8").splitlines()
         else:
             if self._hub is None:  # the dataset's own memory-mapped cache
-                self._hub = our_splits(
-                    read_hub(self.dataset, self.dataset_config, meta["kind"]), self.dataset
-                )
+                self._hub = our_splits(read_hub(self.dataset, self.dataset_config, self.kind), self.dataset)
             images = HubRows(self._hub[meta["splits"][split]["source_split"]], meta["image_column"], rows)
         return ImageItems(images, labels, self.image_size, meta["in_channels"])
 
@@ -887,8 +862,7 @@ class ImageDataModule(L.LightningDataModule):
             images = images.float().div_(255.0)  # (B, C, H, W) in [0, 1]
         if train:
             images = self.batch_augment(images)
-        mean, std = self._device_stats(images.device)
-        images = (images - mean) / std
+        images = self.normalize(images)
         if train and self.augment.mixing:
             images, batch["target"] = self.batch_augment.mix(images, batch["label"], self.num_classes)
         batch["image"] = images

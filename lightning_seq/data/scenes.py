@@ -19,7 +19,7 @@ import random
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
@@ -266,30 +266,43 @@ def write_scene_dataset(
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
     try:
-        jobs = []
-        for split, count in sizes.items():
-            (tmp / split).mkdir()
-            for start in range(0, count, 500):
-                stop = min(count, start + 500)
-                jobs.append(
-                    (tmp / split, split, range(start, stop), image_size, seed, min_objects, max_objects)
-                )
-        records: dict[str, list[dict]] = {split: [] for split in sizes}
-        processes = processes or min(8, os.cpu_count() or 1)
-        if processes > 1 and len(jobs) > 1:
-            with get_context(_start_method()).Pool(processes) as pool:
-                for split, chunk in pool.imap(_write_chunk, jobs):
-                    records[split].extend(chunk)
-        else:
-            for split, chunk in map(_write_chunk, jobs):
-                records[split].extend(chunk)
-        for split, lines in records.items():
-            with (tmp / split / "metadata.jsonl").open("w", encoding="utf-8") as f:
-                f.writelines(json.dumps(line) + "\n" for line in lines)
+        fill_scene_folder(tmp, image_size, sizes, seed, min_objects, max_objects, processes)
         shutil.rmtree(root, ignore_errors=True)
         os.replace(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fill_scene_folder(
+    folder: Path,
+    image_size: int,
+    sizes: dict[str, int],
+    seed: int,
+    min_objects: int = 1,
+    max_objects: int = 1,
+    processes: int | None = None,
+) -> None:
+    """Write the scenes into the existing empty ``folder``; :func:`write_scene_dataset` without the rename."""
+    folder = Path(folder)
+    jobs = []
+    for split, count in sizes.items():
+        (folder / split).mkdir()
+        for start in range(0, count, 500):
+            stop = min(count, start + 500)
+            job = (folder / split, split, range(start, stop), image_size, seed, min_objects, max_objects)
+            jobs.append(job)
+    records: dict[str, list[dict]] = {split: [] for split in sizes}
+    processes = processes or cpu_count()
+    if processes > 1 and len(jobs) > 1:
+        with get_context(start_method()).Pool(processes) as pool:
+            for split, chunk in pool.imap(_write_chunk, jobs):
+                records[split].extend(chunk)
+    else:
+        for split, chunk in map(_write_chunk, jobs):
+            records[split].extend(chunk)
+    for split, lines in records.items():
+        with (folder / split / "metadata.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(line) + "\n" for line in lines)
 
 
 def _write_chunk(job) -> tuple[str, list[dict]]:
@@ -304,8 +317,15 @@ def _write_chunk(job) -> tuple[str, list[dict]]:
     return split, records
 
 
-def _start_method() -> str:
-    """``fork`` where the platform has it (fast, nothing to re-import), else ``spawn``."""
-    from multiprocessing import get_all_start_methods
+# ------------------------------------------------------------------------------------- worker pools
+def cpu_count() -> int:
+    """Worker processes for a pool: the CPUs this process may run on, at most 8."""
+    try:
+        return min(8, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return min(8, os.cpu_count() or 1)
 
+
+def start_method() -> str:
+    """``fork`` where the platform has it (fast, nothing to re-import), else ``spawn``."""
     return "fork" if "fork" in get_all_start_methods() else "spawn"

@@ -16,7 +16,6 @@ Tokenization happens once: the tokenizer and the token ids of each split are wri
 memory-mapped by later runs, which do not read the source again.
 """
 
-import hashlib
 import json
 import math
 import shutil
@@ -33,7 +32,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_seq.data import sources
-from lightning_seq.data.cache import build_once, default_cache_dir
+from lightning_seq.data.cache import build_once, default_cache_dir, key_of
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, special_ids
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams, run_dir
@@ -169,7 +168,7 @@ class TextDataModule(L.LightningDataModule):
         self.mode, self.block_size, self.batch_size = mode, block_size, batch_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.num_workers = num_workers
-        self.cache_root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.cache_root = default_cache_dir(cache_dir)
         self.prompts = prompts if prompts is not None else ["The "]
         self._meta: dict | None = None
         self._tokenizer: Tokenizer | None = None
@@ -218,7 +217,7 @@ class TextDataModule(L.LightningDataModule):
             "tokenizer": self.tokenizer_config.identity(),
             "fractions": [self.val_fraction, self.test_fraction],
         }
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+        return key_of(ident)
 
     @property
     def cache_path(self) -> Path:
