@@ -45,9 +45,17 @@ class Perplexity(L.Callback):
         self.bits_per_char = bits_per_char
         self.metrics: dict[str, TokenNLL] = {}
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        dtype = torch.float64 if pl_module.device.type not in ("mps",) else torch.float32
-        self.metrics = {s: TokenNLL().set_dtype(dtype).to(pl_module.device) for s in ("val", "test")}
+    def _start(self, stage: str, pl_module: L.LightningModule) -> None:
+        """A fresh metric on the module's device, known only once the run has started (not in setup)."""
+        device = pl_module.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+        self.metrics[stage] = TokenNLL().set_dtype(dtype).to(device)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("val", pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start("test", pl_module)
 
     def _update(self, stage: str, outputs) -> None:
         if not isinstance(outputs, dict) or "nll_sum" not in outputs or "num_tokens" not in outputs:
@@ -60,7 +68,6 @@ class Perplexity(L.Callback):
     def _log(self, stage: str, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metric = self.metrics[stage]
         nll = metric.compute()  # synced across ranks
-        metric.reset()
         bits = nll / math.log(2)
         values = {f"{stage}/ppl": torch.exp(nll), f"{stage}/bpt": bits}
         chars_per_token = getattr(trainer.datamodule, "chars_per_token", None)
