@@ -129,15 +129,27 @@ def _quiet_third_party_notices() -> None:
     )
 
 
+def _config_args(argv: list[str]) -> list[tuple[int, str]]:
+    """Each ``-c``/``--config PATH`` or ``--config=PATH`` in ``argv``: (index just after it, PATH).
+
+    A final ``-c``/``--config`` without a value gives ``(len(argv) + 1, "")``. Values are not consumed:
+    ``--config --config=x`` gives both.
+    """
+    found = []
+    for i, arg in enumerate(argv):
+        if arg in ("-c", "--config"):
+            found.append((i + 2, argv[i + 1] if i + 1 < len(argv) else ""))
+        elif arg.startswith("--config="):
+            found.append((i + 1, arg.split("=", 1)[1]))
+    return found
+
+
 def check_config_files(argv: list[str]) -> None:
     """Fail early, naming the file, when a ``--config`` file is missing or is not valid YAML."""
-    for i, arg in enumerate(argv):
-        if arg in ("-c", "--config") and i + 1 < len(argv):
-            path = Path(argv[i + 1])
-        elif arg.startswith("--config="):
-            path = Path(arg.split("=", 1)[1])
-        else:
+    for end, value in _config_args(argv):
+        if end > len(argv):  # a final --config without a value: the parser reports it
             continue
+        path = Path(value)
         if not path.is_file():
             raise InputError(
                 f"--config: '{path}' does not exist. Fix: check the path (recipes are in recipes/)."
@@ -160,13 +172,9 @@ def with_checkpoint_model(argv: list[str]) -> list[str]:
     the weights), then any ``--model...`` override that follows, e.g. decoding settings for
     ``predict``. (Lightning alone applies the checkpoint last, over the command line.)
     """
-    path, last_config = None, 0
+    path = None
     for i, arg in enumerate(argv):
-        if arg in ("-c", "--config"):
-            last_config = i + 2
-        elif arg.startswith("--config="):
-            last_config = i + 1
-        elif arg == "--ckpt_path" and i + 1 < len(argv):
+        if arg == "--ckpt_path" and i + 1 < len(argv):
             path = argv[i + 1]
         elif arg.startswith("--ckpt_path="):
             path = arg.split("=", 1)[1]
@@ -178,7 +186,8 @@ def with_checkpoint_model(argv: list[str]) -> list[str]:
     if "_class_path" not in hparams:
         return argv
     model = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
-    at = max(last_config, 1)  # after the subcommand at least
+    configs = _config_args(argv)
+    at = max(configs[-1][0] if configs else 0, 1)  # after the last --config, the subcommand at least
     return [*argv[:at], f"--model={json.dumps(model)}", *argv[at:]]
 
 

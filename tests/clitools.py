@@ -1,12 +1,15 @@
 """Helpers shared by the command-line tests (importable because pytest puts tests/ on the path)."""
 
 import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 FRAGMENTS = REPO / "recipes" / "fragments"
 SMOKE, CSV_ONLY = str(FRAGMENTS / "smoke.yaml"), str(FRAGMENTS / "csv_only.yaml")
+DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]  # 2 processes, gloo
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -17,7 +20,34 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def run_dir(cwd: Path, name: str) -> Path:
-    """The newest ``runs/<name>/version_*`` folder under ``cwd``."""
-    dirs = sorted((cwd / "runs" / name).glob("version_*"))
+    """The newest ``runs/<name>/version_*`` folder under ``cwd`` (by version number: 10 after 9)."""
+    dirs = sorted((cwd / "runs" / name).glob("version_*"), key=lambda p: int(p.name.removeprefix("version_")))
     assert dirs, f"no run directory under {cwd / 'runs' / name}"
     return dirs[-1]
+
+
+def metric_columns(run: Path) -> set[str]:
+    """The column names of ``run/metrics.csv``."""
+    return set((run / "metrics.csv").read_text().splitlines()[0].split(","))
+
+
+def snapshot(folder: Path) -> dict[Path, int]:
+    """Every file under ``folder`` with its modification time, to show later that nothing changed."""
+    return {p: p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def assert_one_error(result: subprocess.CompletedProcess, message: str, case: str) -> None:
+    """Bad input: exit status 2, exactly one ``error:`` line, holding ``message``, and no traceback."""
+    assert result.returncode == 2, f"{case}: exit {result.returncode}\n{result.stderr[-2000:]}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], f"{case}: {result.stderr[-2000:]}"
+    assert "Traceback" not in result.stderr, case
+
+
+def run_python(script: str, cwd: Path) -> str:
+    """Run ``python -c script`` (dedented) in a fresh process; assert it succeeds; its last stdout line."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, cwd=cwd
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout.strip().splitlines()[-1]

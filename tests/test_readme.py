@@ -3,11 +3,10 @@
 import itertools
 import re
 import subprocess
-from pathlib import Path
 
 import torch
+from clitools import RECIPES, REPO
 
-REPO = Path(__file__).resolve().parents[1]
 README = (REPO / "README.md").read_text()
 
 
@@ -36,7 +35,7 @@ def test_main_job_command_installs_and_trains_the_main_recipe():
 
 
 def test_every_recipe_is_listed_with_a_measured_figure():
-    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+    for recipe in RECIPES:
         row = next((line for line in README.splitlines() if line.startswith(f"| `{recipe.name}`")), None)
         assert row, f"{recipe.name} missing from the README's recipe table"
         assert re.search(r"\d\.\d", row), f"no measured figure for {recipe.name}: {row}"
@@ -44,7 +43,7 @@ def test_every_recipe_is_listed_with_a_measured_figure():
 
 
 def test_every_recipe_header_says_how_to_run_what_it_trains_and_reaches():
-    for recipe in sorted((REPO / "recipes").glob("*.yaml")):
+    for recipe in RECIPES:
         lines = recipe.read_text().splitlines()
         header = "\n".join(itertools.takewhile(lambda line: line.startswith("#"), lines))
         assert f"lightning fit --config recipes/{recipe.name}" in header, recipe.name
