@@ -28,11 +28,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import yaml
+from _common import bench_trainer, plain_optimization
 
-from lightning_seq.callbacks import GradientClipping
 from lightning_seq.data import ImageAugment, ImageDataModule
 from lightning_seq.modules import ImageClassifier
-from lightning_seq.modules._optim import lr_lambda, param_groups
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,8 +69,7 @@ def optimizer(params, lr: float = 2e-3) -> torch.optim.Optimizer:
 
 def plain_loop(net: torch.nn.Module, dm: ImageDataModule, steps: int, warmup: int) -> dict[str, float]:
     """A hand-written training loop over the same DataModule's loader and batch transform."""
-    opt = optimizer(param_groups(net))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(10, steps, "cosine", 0.01))
+    opt, sched = plain_optimization(net, optimizer, steps, 10, 0.01)
     timed, net = Timed(warmup), net.train()
     batches = iter(dm.train_dataloader())
     for step in range(steps):
@@ -123,12 +121,7 @@ def lightning_loop(net: torch.nn.Module, dm: ImageDataModule, steps: int, warmup
         net, optimizer=optimizer, warmup_steps=10, label_smoothing=0.1, classes=dm.classes
     )
     timer = StepTimer(warmup)
-    trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[GradientClipping(clip_val=1.0), timer],
-    )  # fmt: skip
-    trainer.fit(model, dm)
+    bench_trainer(steps, timer).fit(model, dm)
     return timer.timed.finish()
 
 

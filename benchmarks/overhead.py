@@ -26,12 +26,11 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
+from _common import bench_trainer, plain_optimization
 
-from lightning_seq.callbacks import GradientClipping
 from lightning_seq.data import TextDataModule
 from lightning_seq.decoding import detach_state
 from lightning_seq.modules import LanguageModel
-from lightning_seq.modules._optim import lr_lambda
 from lightning_seq.nets import RNNLM
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,10 +50,14 @@ class StepTimer(L.Callback):
         self.end, self.steps = time.perf_counter(), batch_idx + 1 - self.warmup
 
 
+def adamw(lr: float):
+    """The optimizer both sides use (weight decay 0.01 on weight matrices only, as the module sets up)."""
+    return lambda params: torch.optim.AdamW(params, lr=lr)
+
+
 def plain_loop(net: torch.nn.Module, dm: TextDataModule, steps: int, warmup: int, lr: float) -> float:
     """A hand-written training loop; returns seconds per step after warm-up."""
-    opt = torch.optim.AdamW(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(10, steps, "cosine", 0.1))
+    opt, sched = plain_optimization(net, adamw(lr), steps, 10, 0.1)
     net.train()
     state, start = None, None
     for i, batch in enumerate(dm.train_dataloader()):
@@ -76,16 +79,9 @@ def plain_loop(net: torch.nn.Module, dm: TextDataModule, steps: int, warmup: int
 
 def lightning_loop(net: torch.nn.Module, dm: TextDataModule, steps: int, warmup: int, lr: float) -> float:
     """Our LanguageModel + Trainer on the same data; returns seconds per step after warm-up."""
-    model = LanguageModel(
-        net, optimizer=lambda p: torch.optim.AdamW(p, lr=lr), warmup_steps=10, carry_state=True
-    )
+    model = LanguageModel(net, optimizer=adamw(lr), warmup_steps=10, min_lr_ratio=0.1, carry_state=True)
     timer = StepTimer(warmup)
-    trainer = L.Trainer(
-        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[GradientClipping(clip_val=1.0), timer],
-    )  # fmt: skip
-    trainer.fit(model, dm)
+    bench_trainer(steps, timer).fit(model, dm)
     return (timer.end - timer.start) / timer.steps
 
 
@@ -97,7 +93,8 @@ def time_to_first_step() -> float:
         callback = json.dumps(spec)
         args = ["fit", "--config", str(REPO / "recipes" / "char_lstm.yaml"), "--trainer.max_steps=1",
                 f"--trainer.callbacks+={callback}", "--trainer.enable_progress_bar=false"]  # fmt: skip
-        env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline"}
+        path = os.pathsep.join([str(REPO), str(REPO / "benchmarks")])  # benchmarks.overhead imports _common
+        env = {**os.environ, "PYTHONPATH": path, "WANDB_MODE": "offline"}
         subprocess.run([sys.executable, "-m", "lightning_seq", *args], cwd=cwd, env=env, check=True,
                        capture_output=True)  # warm the cache  # fmt: skip
         start = time.time()

@@ -1,0 +1,24 @@
+"""What the side-by-side benchmarks share: the plain loop's optimizer set-up and the quiet Trainer."""
+
+import lightning as L
+import torch
+
+from lightning_seq.callbacks import GradientClipping
+from lightning_seq.modules._optim import OptimizerFactory, configure_optimization
+
+
+def plain_optimization(
+    net: torch.nn.Module, optimizer: OptimizerFactory, steps: int, warmup_steps: int, min_lr_ratio: float
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The optimizer and per-step schedule that our modules build, for a hand-written loop."""
+    setup = configure_optimization(net, optimizer, steps, warmup_steps, "cosine", min_lr_ratio)
+    return setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+
+
+def bench_trainer(steps: int, *callbacks: L.Callback) -> L.Trainer:
+    """A Trainer for timing: CPU, no logger, checkpoints, progress bar or validation; clipping at 1.0."""
+    return L.Trainer(
+        max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+        callbacks=[GradientClipping(clip_val=1.0), *callbacks],
+    )  # fmt: skip
