@@ -1,5 +1,7 @@
 """What the side-by-side benchmarks share: the plain loop's optimizer set-up and the quiet Trainer."""
 
+import tempfile
+
 import lightning as L
 import torch
 
@@ -16,8 +18,11 @@ def plain_optimization(
 
 
 def bench_trainer(steps: int, *callbacks: L.Callback) -> L.Trainer:
-    """A Trainer for timing: CPU, no logger, checkpoints, progress bar or validation; clipping at 1.0."""
+    """A Trainer for timing: CPU, no logger, checkpoints, progress bar or validation; clipping at 1.0.
+
+    Its run folder (where the DataModule copies the tokenizer) is a new temporary folder."""
     return L.Trainer(
+        default_root_dir=tempfile.mkdtemp(prefix="lightning_seq_bench-"),
         max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         callbacks=[GradientClipping(clip_val=1.0), *callbacks],
