@@ -45,6 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_seq.data import scenes
 from lightning_seq.data.augment import BatchAugment, ImageAugment
 from lightning_seq.data.cache import build_once, default_cache_dir, key_of
+from lightning_seq.data.resumable import ResumableLoader, ResumableSampler, rank_and_world, trainer_epoch
 from lightning_seq.data.sources import SPLIT_ALIASES, SPLITS, _first_line
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams
@@ -793,7 +794,7 @@ class ImageDataModule(L.LightningDataModule):
             if split not in self._datasets:
                 self._datasets[split] = self.split_dataset(split)
         if stage == "fit":
-            world = self.trainer.world_size if self.trainer is not None else 1
+            world = rank_and_world(self.trainer)[1]
             size = len(self._datasets["train"])
             if size < self.batch_size * world:
                 raise InputError(
@@ -815,13 +816,16 @@ class ImageDataModule(L.LightningDataModule):
         return ImageItems(images, labels, self.image_size, meta["in_channels"])
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if train else None
-        return DataLoader(
-            self._datasets[split],
+        dataset = self._datasets[split]
+        rank, world = rank_and_world(self.trainer)
+        sampler = ResumableSampler(dataset, True, self.seed, rank, world, drop_last=True) if train else None
+        return ResumableLoader(
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
-            generator=generator,
+            seed=self.seed,
+            epoch=trainer_epoch(self),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_seq.data import sources
 from lightning_seq.data.cache import build_once, default_cache_dir, key_of
+from lightning_seq.data.resumable import ResumableLoader, ResumableSampler, rank_and_world, trainer_epoch
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, special_ids
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams, run_dir
@@ -85,6 +86,7 @@ class TokenStreams(IterableDataset):
         self.tokens, self.batch_size, self.bptt = tokens, batch_size, bptt
         self.stream_len = (len(tokens) - 1) // (batch_size * world_size)  # inputs per stream
         self.first = rank * batch_size * self.stream_len  # offset of this rank's first stream
+        self.skip = 0  # chunks to leave out once, at the start of the next iteration (a resumed run)
 
     def __len__(self) -> int:
         return math.ceil(self.stream_len / self.bptt)
@@ -93,7 +95,8 @@ class TokenStreams(IterableDataset):
         # Stream b covers tokens [first + b * L, first + (b + 1) * L]: neighbours share one boundary
         # token, the last target of one stream and the first input of the next.
         starts = self.first + np.arange(self.batch_size) * self.stream_len  # (B,)
-        for i in range(len(self)):
+        skip, self.skip = self.skip, 0
+        for i in range(skip, len(self)):
             t = min(self.bptt, self.stream_len - i * self.bptt)
             index = starts[:, None] + i * self.bptt + np.arange(t + 1)  # (B, t + 1)
             yield torch.from_numpy(self.tokens[index].astype(np.int64))
@@ -130,6 +133,7 @@ class TextDataModule(L.LightningDataModule):
         val_fraction: share of the corpus carved off for validation when the source has no such split.
         test_fraction: likewise for test.
         num_workers: DataLoader worker processes (window mode; stream mode reads a memory map in-process).
+        seed: seed of the window order, a new permutation each epoch (the same on every rank).
         cache_dir: where tokenized corpora are cached; default ``$LIGHTNING_SEQ_CACHE`` or
             ``~/.cache/lightning_seq``.
         prompts: texts to continue in ``lightning predict``.
@@ -148,6 +152,7 @@ class TextDataModule(L.LightningDataModule):
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         num_workers: int = 0,
+        seed: int = 0,
         cache_dir: str | None = None,
         prompts: list[str] | None = None,
     ):
@@ -167,7 +172,7 @@ class TextDataModule(L.LightningDataModule):
         self.dataset_splits = dataset_splits
         self.mode, self.block_size, self.batch_size = mode, block_size, batch_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.num_workers = num_workers
+        self.num_workers, self.seed = num_workers, seed
         self.cache_root = default_cache_dir(cache_dir)
         self.prompts = prompts if prompts is not None else ["The "]
         self._meta: dict | None = None
@@ -288,7 +293,7 @@ class TextDataModule(L.LightningDataModule):
 
     def _check_length(self, split: str) -> None:
         n = len(self.tokens(split))
-        world = self._world()[1]
+        world = rank_and_world(self.trainer)[1]
         if self.mode == "window" and n < self.block_size + 1:
             raise InputError(
                 f"data.block_size: the {split} split has {n} tokens, fewer than block_size + 1 = "
@@ -303,24 +308,22 @@ class TextDataModule(L.LightningDataModule):
                 "Fix: lower data.block_size or data.batch_size, or use a larger corpus."
             )
 
-    def _world(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
-
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         tokens = self.tokens(split)
+        rank, world = rank_and_world(self.trainer)
         if self.mode == "stream":
-            rank, world = self._world()
-            return DataLoader(
-                TokenStreams(tokens, self.batch_size, self.block_size, rank, world), batch_size=None
-            )
-        return DataLoader(
-            TokenWindows(tokens, self.block_size),
+            streams = TokenStreams(tokens, self.batch_size, self.block_size, rank, world)
+            return ResumableLoader(streams, batch_size=None, seed=self.seed, epoch=trainer_epoch(self))
+        windows = TokenWindows(tokens, self.block_size)
+        return ResumableLoader(
+            windows,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=ResumableSampler(windows, shuffle, self.seed, rank, world, drop_last=shuffle),
             drop_last=shuffle,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            seed=self.seed,
+            epoch=trainer_epoch(self),
         )
 
     def train_dataloader(self) -> DataLoader:

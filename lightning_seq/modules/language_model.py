@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from lightning_seq.data.tokenizers import EOS
 from lightning_seq.decoding import GenerationConfig, State, detach_state, generate
@@ -162,9 +163,20 @@ class LanguageModel(NetModule):
             self.tokenizer = datamodule.tokenizer
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         if self.tokenizer is not None:
             checkpoint["tokenizer"] = self.tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         if "tokenizer" in checkpoint:
             self.tokenizer = Tokenizer.from_str(checkpoint["tokenizer"])
+
+    def resume_state(self) -> dict:
+        """Also the state carried into the next training batch (stream mode)."""
+        return {**super().resume_state(), "carried": self._carried.get("train")}
+
+    def load_resume_state(self, state: dict) -> None:
+        super().load_resume_state(state)
+        if state.get("carried") is not None:
+            self._carried["train"] = tree_map(lambda t: t.to(self.device), state["carried"])
