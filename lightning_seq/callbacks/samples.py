@@ -1,9 +1,10 @@
 """SampleGeneration: continue fixed prompts every N steps or epochs, and at the end of training.
 
 Works with any module that has ``generate(prompts: list[str], config) -> list[str]``. Samples are
-appended to ``<run dir>/samples.md``, logged as a table on W&B (``samples``), and the final ones are
-printed to the console. Only global rank zero generates, with no collective operations inside, so
-other ranks never wait on it (not for sharded strategies such as FSDP, whose forward is collective).
+appended to ``<run dir>/samples.md``, logged on W&B as one table (``samples/text``, columns step, prompt,
+text) that holds every sample of the run so far, and the final ones are printed to the console. Only
+global rank zero generates, with no collective operations inside, so other ranks never wait on it (not
+for sharded strategies such as FSDP, whose forward is collective).
 """
 
 import lightning as L
@@ -16,6 +17,8 @@ from rich.text import Text
 from lightning_seq.decoding import GenerationConfig
 from lightning_seq.errors import InputError
 from lightning_seq.utils import run_dir
+
+TABLE_KEY = "samples/text"  # the W&B key of the samples table
 
 
 class SampleGeneration(L.Callback):
@@ -48,6 +51,7 @@ class SampleGeneration(L.Callback):
         self.print_at_end = print_at_end
         self.last: list[str] = []
         self._last_step = -1
+        self._rows: list[list] = []  # every (step, prompt, text) logged to W&B so far
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step  # with gradient accumulation, several batches share a step
@@ -78,13 +82,19 @@ class SampleGeneration(L.Callback):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:
             f.write(f"## {when}\n\n" + "\n\n".join(f"```\n{s}\n```" for s in self.last) + "\n\n")
+        self._log_table(trainer)
+        return self.last
+
+    def _log_table(self, trainer: L.Trainer) -> None:
+        """Log every sample so far as one W&B table: a logged table is immutable, so each generation
+        logs a new one with all rows under the same key, and the latest shows the whole run."""
+        step = trainer.global_step
+        self._rows += [[step, p, s] for p, s in zip(self.prompts, self.last, strict=True)]
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                rows = [[trainer.global_step, p, s] for p, s in zip(self.prompts, self.last, strict=True)]
-                logger.log_text(
-                    key="samples", columns=["step", "prompt", "text"], data=rows, step=trainer.global_step
+                logger.log_table(
+                    key=TABLE_KEY, columns=["step", "prompt", "text"], data=list(self._rows), step=step
                 )
-        return self.last
 
 
 @rank_zero_only
