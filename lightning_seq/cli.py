@@ -5,10 +5,16 @@ chosen by ``class_path`` in the recipe. Sizes that the data determines (vocabula
 whether batches continue each other; number and names of classes, image size, channels) are linked
 from the DataModule into the model, so recipes never state them. Bad input ends with one ``error:``
 line and exit status 2.
+
+``fit`` also settles where the run writes and what it resumes (:mod:`lightning_seq.runs`: a Slurm
+job's fixed folder, ``--ckpt_path last``), writes checkpoints atomically, and adds the NaN/Inf guard,
+the requeue-on-signal callback and the W&B run id keeper unless the recipe configures them.
+``lightning-seq submit`` writes and submits a Slurm batch script (:mod:`lightning_seq.slurm`).
 """
 
 import json
 import logging
+import signal
 import sys
 import warnings
 from collections.abc import Callable
@@ -17,16 +23,29 @@ from pathlib import Path
 
 import torch
 import yaml
-from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
 
+from lightning_seq.callbacks.fault_tolerance import (
+    EXIT_REQUEUE,
+    NonFiniteLoss,
+    RequeueOnSignal,
+    RequeueRequested,
+    RunIdentity,
+    listen_for,
+)
+from lightning_seq.checkpointing import AtomicCheckpointIO
 from lightning_seq.errors import InputError
+from lightning_seq.loggers import SaveConfig
+from lightning_seq.runs import plan_fit, slurm_job
+from lightning_seq.slurm import check_slurm_tasks, submit
 from lightning_seq.utils import run_dir
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+SUBCOMMANDS = ("fit", "validate", "test", "predict", "submit")
 
 # DataModule attribute -> model argument. A link whose source attribute or target argument does not
 # exist for the classes in a recipe is skipped, so one list serves every family.
@@ -58,6 +77,7 @@ class LightningSeqCLI(LightningCLI):
             subclass_mode_model=True,
             subclass_mode_data=True,
             auto_configure_optimizers=False,
+            save_config_callback=SaveConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"default_root_dir": "runs"},
             parser_kwargs={
@@ -84,6 +104,24 @@ class LightningSeqCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Done in :meth:`parse_arguments`, so that command-line overrides beat the checkpoint."""
 
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            config = self.config["fit"]
+            check_slurm_tasks(config["trainer"])
+            plan_fit(config)
+
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
+        """The recipe's Trainer, writing checkpoints atomically; in ``fit``, plus the safety callbacks."""
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        if self.subcommand == "fit":
+            present = {type(c) for c in [*(config.get("callbacks") or []), *callbacks]}
+            defaults = [NonFiniteLoss(), RequeueOnSignal(), RunIdentity()]
+            callbacks = [*callbacks, *(c for c in defaults if type(c) not in present)]
+        return super()._instantiate_trainer(config, callbacks)
+
     def after_predict(self) -> None:
         """Show text predictions and save every prediction to ``<run dir>/predictions.jsonl``."""
         batches = self.trainer.predict_loop.predictions or []
@@ -107,11 +145,20 @@ class LightningSeqCLI(LightningCLI):
 
 
 def main(args: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (2 for bad input, with a one-line message)."""
+    """Run the CLI; returns the exit status (2 for bad input, with a one-line message; 3 when a run
+    stopped on Slurm's requeue signal after saving its checkpoint)."""
     _quiet_third_party_notices()
+    argv = sys.argv[1:] if args is None else args
+    if slurm_job() is not None:
+        listen_for(signal.SIGUSR1)  # Slurm's warning may come before training starts
     try:
-        check_config_files(sys.argv[1:] if args is None else args)
+        if argv[:1] == ["submit"]:
+            return submit(argv[1:])
+        check_config_files(argv)
         LightningSeqCLI(args=args)
+    except RequeueRequested as stop:
+        print(f"stopped for requeue: {stop}; the job resumes from it when requeued.", file=sys.stderr)
+        return EXIT_REQUEUE
     except Exception as err:
         cause = _input_error(err)
         if cause is None:

@@ -1,5 +1,6 @@
 """Helpers shared by the command-line tests (importable because pytest puts tests/ on the path)."""
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -51,3 +52,36 @@ def run_python(script: str, cwd: Path) -> str:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout.strip().splitlines()[-1]
+
+
+def checkpointing_fragment(
+    folder: Path, steps: int, checkpoint_every: int, val_every: int, net: dict, data: dict, seed: int = 7
+) -> str:
+    """A char-LSTM recipe fragment for resume tests: ``last.ckpt`` every ``checkpoint_every`` steps, a
+    CSV row at every step (flushed at once) and an offline W&B run, both named ``job``; its path."""
+    path = folder / "fragment.yaml"
+    path.write_text(
+        textwrap.dedent(f"""
+        seed_everything: {seed}
+        trainer:
+          max_steps: {steps}
+          val_check_interval: {val_every}
+          check_val_every_n_epoch: null
+          limit_val_batches: 2
+          log_every_n_steps: 1
+          enable_progress_bar: false
+          logger:
+            - class_path: lightning_seq.loggers.CSVLogger
+              init_args: {{save_dir: runs, name: job, flush_logs_every_n_steps: 1}}
+            - class_path: lightning_seq.loggers.WandbLogger
+              init_args: {{save_dir: runs, name: job}}
+          callbacks:
+            - class_path: lightning_seq.callbacks.GradientClipping
+            - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+              init_args: {{every_n_train_steps: {checkpoint_every}, save_top_k: 0, save_last: true}}
+        model: {{init_args: {{net: {{init_args: {json.dumps(net)}}}}}}}
+        data: {{init_args: {json.dumps(data)}}}
+        """),
+        encoding="utf-8",
+    )
+    return str(path)

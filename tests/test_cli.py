@@ -101,7 +101,7 @@ def test_print_config_resolves_recipes_and_overrides(cli, tmp_path):
     model = config["model"]["init_args"]
     assert model["net"]["class_path"] == "lightning_seq.nets.RNNLM"
     assert model["optimizer"]["init_args"]["lr"] == 0.01
-    assert [lg["class_path"] for lg in config["trainer"]["logger"]] == ["lightning.pytorch.loggers.CSVLogger"]
+    assert [lg["class_path"] for lg in config["trainer"]["logger"]] == ["lightning_seq.loggers.CSVLogger"]
     assert "vocab_size" not in model["net"]["init_args"]  # linked from the data, never typed
 
 

@@ -1,0 +1,113 @@
+"""Fault tolerance through the real command line: kill -9 at a random step, then resume with
+``--ckpt_path last``. (The parts one by one: tests/callbacks/test_fault_tolerance_parts.py.)"""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from clitools import REPO, checkpointing_fragment, ok
+
+RECIPE = str(REPO / "recipes" / "char_lstm.yaml")
+MAX_STEPS = 60
+CHECKPOINT_EVERY = 3
+
+# A char LSTM with dropout (so the random state matters) on 40 KB: 38 batches per epoch, so the run
+# crosses an epoch boundary.
+NET = {"embed_dim": 32, "hidden_size": 256, "num_layers": 2, "dropout": 0.2}
+DATA = {"block_size": 64, "batch_size": 16}
+
+
+def _args(tmp: Path, corpus: Path, mode: str) -> list[str]:
+    fragment = checkpointing_fragment(tmp, MAX_STEPS, CHECKPOINT_EVERY, 10, NET, DATA)
+    return ["fit", "--config", RECIPE, "--config", fragment, f"--data.init_args.source={corpus}",
+            f"--data.init_args.mode={mode}"]  # fmt: skip
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
+    assert state["global_step"] == MAX_STEPS
+    return state["state_dict"]
+
+
+def _logged_steps(run: Path) -> int:
+    """The highest step with a train/loss row in metrics.csv (-1 before the first)."""
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return -1
+    lines = path.read_text().splitlines()
+    if not lines:
+        return -1
+    header = lines[0].split(",")
+    step, loss = header.index("step"), header.index("train/loss") if "train/loss" in header else None
+    rows = [line.split(",") for line in lines[1:]]
+    return max((int(r[step]) for r in rows if loss is not None and len(r) > loss and r[loss]), default=-1)
+
+
+def _kill_after(args: list[str], cwd: Path, step: int) -> int:
+    """Start ``lightning fit``, SIGKILL it once ``step`` is logged; the last step it logged."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_seq", *args], cwd=cwd, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    run = cwd / "runs" / "job" / "version_0"
+    deadline = time.monotonic() + 300
+    try:
+        while _logged_steps(run) < step:
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before step {step}"
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    return _logged_steps(run)
+
+
+@pytest.mark.slow
+def test_kill_minus_9_then_resume_from_last_gives_the_weights_of_an_uninterrupted_run(
+    cli, corpus_file, tmp_path
+):
+    """Five kills at different steps (mid-epoch, near and past the epoch boundary at 38), in stream mode
+    (carried LSTM state) and window mode (shuffled windows); each resumed run ends with exactly the
+    weights of the uninterrupted run, in the same run folder and W&B run."""
+    trials = [(5, "stream"), (16, "window"), (29, "stream"), (37, "window"), (47, "stream")]
+    reference = {}
+    for mode in ("stream", "window"):
+        cwd = _mkdir(tmp_path / mode)
+        ok(cli(*_args(cwd, corpus_file, mode), cwd=cwd))
+        reference[mode] = _weights(tmp_path / mode / "runs" / "job" / "version_0")
+    for target, mode in trials:
+        cwd = _mkdir(tmp_path / f"kill{target}")
+        args = _args(cwd, corpus_file, mode)
+        killed_at = _kill_after(args, cwd, target)
+        assert killed_at < MAX_STEPS - 1
+        run = cwd / "runs" / "job" / "version_0"
+        saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        assert saved <= killed_at + 1
+        rows_before = _rows(run)
+        ok(cli(*args, "--ckpt_path", "last", cwd=cwd))
+        assert sorted(p.name for p in (cwd / "runs" / "job").iterdir()) == ["version_0"]
+        weights = _weights(run)
+        assert weights.keys() == reference[mode].keys()
+        for name, value in weights.items():
+            assert torch.equal(value, reference[mode][name]), f"kill at {killed_at}: {name} differs"
+        assert _rows(run)[: len(rows_before)] == rows_before  # the resumed run appended to metrics.csv
+        wandb_ids = {p.name.rsplit("-", 1)[-1] for p in (cwd / "runs" / "wandb").glob("offline-run-*")}
+        assert len(wandb_ids) == 1, wandb_ids
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    """The rows of metrics.csv, without empty cells (a resumed run may add columns)."""
+    with (run / "metrics.csv").open() as f:
+        return [{k: v for k, v in row.items() if v} for row in csv.DictReader(f)]
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
