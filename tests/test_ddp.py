@@ -1,0 +1,53 @@
+"""Two-process DDP on CPU (gloo) against one process with the same global batch: the same samples
+at every step, hence the same final weights; the rank-zero callbacks (samples, image grids) run
+without deadlocks."""
+
+import json
+
+import pytest
+import torch
+from clitools import CSV_ONLY, DDP, REPO, ok
+
+CHAR_LSTM, VIT = str(REPO / "recipes" / "char_lstm.yaml"), str(REPO / "recipes" / "vit.yaml")
+STEPS = 12
+COMMON = [f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=6", "--trainer.limit_val_batches=2",
+          "--trainer.check_val_every_n_epoch=null", "--trainer.enable_progress_bar=false"]  # fmt: skip
+
+# The state after the last step (the recipes' last.ckpt is the newest checkpoint their monitor kept).
+FINAL = "--trainer.callbacks+=" + json.dumps({
+    "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+    "init_args": {"dirpath": "final", "filename": "final", "every_n_train_steps": STEPS, "save_top_k": -1},
+})  # fmt: skip
+
+CASES = {
+    # Stream mode: B contiguous streams per process; DDP's 2 x B/2 streams are the same B streams,
+    # each carrying its LSTM state across batches.
+    "text-stream": [CHAR_LSTM, "--model.init_args.net.init_args.dropout=0", "--data.init_args.block_size=32"],
+    # Window mode: shuffled windows; rank r takes every other window of the same permutation.
+    "text-window": [CHAR_LSTM, "--model.init_args.net.init_args.dropout=0", "--data.init_args.mode=window",
+                    "--data.init_args.block_size=32"],
+    # Images, without random augmentation or stochastic depth (each rank draws its own numbers).
+    "image": [VIT, "--model.init_args.net.init_args.drop_path=0", "--model.init_args.net.init_args.depth=2",
+              "--data.init_args.augment={crop_scale: null, hflip: false}", "--data.init_args.num_train=512",
+              "--data.init_args.num_val=64", "--data.init_args.num_test=64"],
+}  # fmt: skip
+
+
+def _final_weights(cli, cwd, recipe_args: list[str], batch: int, *extra: str) -> dict[str, torch.Tensor]:
+    recipe, *overrides = recipe_args
+    cwd.mkdir()
+    args = ["fit", "--config", recipe, "--config", CSV_ONLY, *COMMON, *overrides, *extra, FINAL]
+    ok(cli(*args, f"--data.init_args.batch_size={batch}", cwd=cwd, timeout=600))
+    state = torch.load(cwd / "final" / "final.ckpt", weights_only=True)
+    assert state["global_step"] == STEPS
+    return state["state_dict"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", CASES)
+def test_two_processes_with_half_batches_end_with_the_weights_of_one_process(cli, tmp_path, case):
+    one = _final_weights(cli, tmp_path / "one", CASES[case], 16)
+    two = _final_weights(cli, tmp_path / "two", CASES[case], 8, *DDP)
+    assert one.keys() == two.keys()
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=f"{case}: {name}")
