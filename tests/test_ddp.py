@@ -49,5 +49,7 @@ def test_two_processes_with_half_batches_end_with_the_weights_of_one_process(cli
     one = _final_weights(cli, tmp_path / "one", CASES[case], 16)
     two = _final_weights(cli, tmp_path / "two", CASES[case], 8, *DDP)
     assert one.keys() == two.keys()
+    worst = max((one[k].float() - two[k].float()).abs().max().item() for k in one)
+    print(f"{case}: largest weight difference {worst:.2e}")
     for name, value in one.items():
         torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=f"{case}: {name}")

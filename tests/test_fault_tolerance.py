@@ -91,6 +91,7 @@ def test_kill_minus_9_then_resume_from_last_gives_the_weights_of_an_uninterrupte
         saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         assert saved <= killed_at + 1
         rows_before = _rows(run)
+        print(f"{mode}: killed after logging step {killed_at}, resumed from last.ckpt at step {saved}")
         ok(cli(*args, "--ckpt_path", "last", cwd=cwd))
         assert sorted(p.name for p in (cwd / "runs" / "job").iterdir()) == ["version_0"]
         weights = _weights(run)

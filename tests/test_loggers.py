@@ -264,6 +264,7 @@ def test_two_fits_resume_one_run_id_offline(no_credentials, fresh_wandb, tmp_pat
     _next_second()
     logger = WandbLogger(save_dir=save_dir, id="resume01", resume="allow")  # as a restarted job makes it
     fit(logger, corpus_file, 5, ckpt_path=str(ckpt), enable_checkpointing=False)
+    logger.experiment.finish()  # flush the run file before reading it (the first ended at the second's init)
 
     folders = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert [f.name.rsplit("-", 1)[1] for f in folders] == ["resume01", "resume01"]
