@@ -166,10 +166,12 @@ class RequeueOnSignal(L.Callback):
 
 
 class RunIdentity(L.Callback):
-    """Keep the W&B run id in each checkpoint, so a resumed run continues the same W&B run."""
+    """Keep the W&B run id in each checkpoint, so a resumed run continues the same W&B run.
+
+    The command line reads it back before the loggers exist (:func:`lightning_seq.runs.wandb_id`).
+    """
 
     def __init__(self):
-        self.wandb_id: str | None = None  # after loading a checkpoint
         self._trainer: L.Trainer | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -180,6 +182,3 @@ class RunIdentity(L.Callback):
             if isinstance(logger, WandbLogger) and logger.version:
                 return {"wandb_id": logger.version}
         return {}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.wandb_id = state_dict.get("wandb_id")
