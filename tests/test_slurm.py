@@ -101,7 +101,7 @@ def test_requeue_on_the_time_limit_resumes_and_ends_with_the_uninterrupted_weigh
     last.ckpt, exits 3, is requeued, resumes in the same folder and W&B run, and finishes with the
     step count and weights of the same job run without a limit, and with every step logged once."""
     env = _job_env(slurm_cluster)
-    steps = 1000  # about 2 minutes on 2 shared cores: the warning comes mid-run
+    steps = 1400  # longer than the 30-60 s before the warning, even on a faster machine
     common = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
     fit = [
         "--config",
@@ -123,7 +123,9 @@ def test_requeue_on_the_time_limit_resumes_and_ends_with_the_uninterrupted_weigh
     job = out.strip().split(";")[0]
     log = (tmp_path / f"job-{job}.out").read_text()
     assert limited.returncode == 0, err + log[-3000:]
-    assert log.count("requeueing job") == 1, log[-3000:]
+    requeues = log.count("requeueing job")  # each run of the job gets the warning 30-60 s in
+    assert requeues >= 1, log[-3000:]
+    print(f"requeued {requeues} time(s); job {job}")
 
     run, reference = (
         tmp_path / "runs" / "job" / f"slurm-{job}",
@@ -139,7 +141,7 @@ def test_requeue_on_the_time_limit_resumes_and_ends_with_the_uninterrupted_weigh
     assert sorted(train_steps) == list(range(steps)), "a step is missing or was logged twice"
 
     wandb_runs = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
-    assert len(wandb_runs) == 2 and len({p.name.rsplit("-", 1)[1] for p in wandb_runs}) == 1
+    assert len(wandb_runs) == requeues + 1 and len({p.name.rsplit("-", 1)[1] for p in wandb_runs}) == 1
     history = [row for p in wandb_runs for row in read_wandb_run(p)["history"] if "train/loss" in row]
     steps_logged = [row["trainer/global_step"] for row in history]
     assert sorted(steps_logged) == sorted(set(steps_logged)), "a step was logged twice"
