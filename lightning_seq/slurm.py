@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from lightning_seq.errors import InputError
+from lightning_seq.runs import slurm_job
 
 # The part of every batch script after its #SBATCH header; slurm/train.sbatch ends with it too.
 BODY = r"""# ---- the same in every lightning_seq batch script ----
@@ -46,7 +47,7 @@ def _int_env(name: str) -> int | None:
 
 def check_slurm_tasks(trainer: Any) -> None:
     """In a Slurm job, fail with one message unless its tasks match ``trainer.devices`` and ``num_nodes``."""
-    if os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive") or "SLURM_NTASKS" not in os.environ:
+    if slurm_job() is None or "SLURM_NTASKS" not in os.environ:
         return
     ntasks, per_node = _int_env("SLURM_NTASKS"), _int_env("SLURM_NTASKS_PER_NODE")
     nodes = _int_env("SLURM_JOB_NUM_NODES") or _int_env("SLURM_NNODES") or 1
@@ -113,6 +114,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _job_name(args: argparse.Namespace) -> str:
+    return args.job_name or Path(args.config[0]).stem
+
+
 def render(args: argparse.Namespace, overrides: list[str]) -> str:
     """The batch script: an #SBATCH header from the options and recipe, the fit arguments, :data:`BODY`."""
     nodes = args.nodes or _trainer_value(args.config, overrides, "num_nodes") or 1
@@ -121,7 +126,7 @@ def render(args: argparse.Namespace, overrides: list[str]) -> str:
     if gpus is None and args.tasks_per_node is None and isinstance(devices, int):
         gpus = devices if _trainer_value(args.config, overrides, "accelerator") != "cpu" else None
     tasks = gpus or args.tasks_per_node or 1
-    name = args.job_name or Path(args.config[0]).stem
+    name = _job_name(args)
     options = [
         f"--job-name={name}", f"--nodes={nodes}", f"--ntasks-per-node={tasks}",
         f"--cpus-per-task={args.cpus_per_task}", f"--time={args.time}",
@@ -153,8 +158,7 @@ def submit(argv: list[str]) -> int:
         if not Path(path).is_file():
             raise InputError(f"--config: '{path}' does not exist. Fix: check the path (recipes in recipes/).")
     script = render(args, overrides)
-    name = args.job_name or Path(args.config[0]).stem
-    path = Path(args.script or f"runs/slurm/{name}-{datetime.now():%Y%m%d-%H%M%S}.sbatch")
+    path = Path(args.script or f"runs/slurm/{_job_name(args)}-{datetime.now():%Y%m%d-%H%M%S}.sbatch")
     path.parent.mkdir(parents=True, exist_ok=True)
     Path("runs/slurm").mkdir(parents=True, exist_ok=True)  # the jobs' output files
     path.write_text(script, encoding="utf-8")

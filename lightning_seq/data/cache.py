@@ -37,11 +37,17 @@ def build_once(final: Path, write: Callable[[Path], None], done: str = "meta.jso
     with FileLock(str(final) + ".lock"):
         if (final / done).is_file():  # another process built it while we waited
             return True
-        tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
-        try:
-            write(tmp)
-            shutil.rmtree(final, ignore_errors=True)  # an incomplete folder left by a killed run
-            os.replace(tmp, final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        replace_folder(final, write)  # also removes an incomplete folder left by a killed run
     return False
+
+
+def replace_folder(final: Path, write: Callable[[Path], None]) -> None:
+    """Replace the folder ``final`` with one that ``write(folder)`` fills beside it, whole or not at all."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".", dir=final.parent))
+    try:
+        write(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -72,7 +72,7 @@ class ResumableLoader(DataLoader):
     def __init__(self, *args, seed: int = 0, epoch: Callable[[], int] | None = None, **kwargs):
         kwargs.setdefault("generator", torch.Generator().manual_seed(seed))
         super().__init__(*args, **kwargs)
-        self.seed, self.epoch = seed, epoch
+        self.epoch = epoch
         self.handed_out = 0  # batches of the current iteration
         self._resume: tuple[int, int] | None = None  # (epoch, batches) from a checkpoint
 

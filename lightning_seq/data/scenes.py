@@ -16,14 +16,14 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from lightning_seq.data.cache import replace_folder
 
 #: Bumped whenever the same ``(seed, index)`` would give a different scene or image.
 GENERATOR_VERSION = 1
@@ -262,15 +262,11 @@ def write_scene_dataset(
     unknown = set(sizes) - set(SPLIT_OFFSETS)
     if unknown:
         raise ValueError(f"unknown split(s) {sorted(unknown)}; expected {', '.join(SPLIT_OFFSETS)}")
-    root = Path(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".", dir=root.parent))
-    try:
-        fill_scene_folder(tmp, image_size, sizes, seed, min_objects, max_objects, processes)
-        shutil.rmtree(root, ignore_errors=True)
-        os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    def fill(folder: Path) -> None:
+        fill_scene_folder(folder, image_size, sizes, seed, min_objects, max_objects, processes)
+
+    replace_folder(Path(root), fill)
 
 
 def fill_scene_folder(

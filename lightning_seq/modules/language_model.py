@@ -12,10 +12,9 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from lightning_seq.data.tokenizers import EOS
-from lightning_seq.decoding import GenerationConfig, State, detach_state, generate
+from lightning_seq.decoding import GenerationConfig, State, detach_state, generate, map_state
 from lightning_seq.errors import InputError
 from lightning_seq.modules._base import NetModule
 from lightning_seq.modules._optim import (
@@ -179,4 +178,4 @@ class LanguageModel(NetModule):
     def load_resume_state(self, state: dict) -> None:
         super().load_resume_state(state)
         if state.get("carried") is not None:
-            self._carried["train"] = tree_map(lambda t: t.to(self.device), state["carried"])
+            self._carried["train"] = map_state(lambda t: t.to(self.device), state["carried"])
