@@ -5,7 +5,7 @@ import tempfile
 import lightning as L
 import torch
 
-from lightning_seq.callbacks import GradientClipping
+from lightning_seq.callbacks import GradientClipping, NonFiniteLoss
 from lightning_seq.modules._optim import OptimizerFactory, configure_optimization
 
 
@@ -18,12 +18,13 @@ def plain_optimization(
 
 
 def bench_trainer(steps: int, *callbacks: L.Callback) -> L.Trainer:
-    """A Trainer for timing: CPU, no logger, checkpoints, progress bar or validation; clipping at 1.0.
+    """A Trainer for timing: CPU, no logger, checkpoints, progress bar or validation; clipping at 1.0 and
+    the NaN/Inf guard (with its host sync), as `lightning fit` adds it.
 
     Its run folder (where the DataModule copies the tokenizer) is a new temporary folder."""
     return L.Trainer(
         default_root_dir=tempfile.mkdtemp(prefix="lightning_seq_bench-"),
         max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[GradientClipping(clip_val=1.0), *callbacks],
+        callbacks=[GradientClipping(clip_val=1.0), NonFiniteLoss(), *callbacks],
     )  # fmt: skip
