@@ -57,6 +57,10 @@ LINKS = (
     ("data.image_size", "model.init_args.net.init_args.image_size"),
     ("data.in_channels", "model.init_args.net.init_args.in_channels"),
     ("data.classes", "model.init_args.classes"),
+    ("data.src_vocab_size", "model.init_args.net.init_args.src_vocab_size"),
+    ("data.tgt_vocab_size", "model.init_args.net.init_args.tgt_vocab_size"),
+    ("data.bos_id", "model.init_args.bos_id"),
+    ("data.eos_id", "model.init_args.eos_id"),
 )
 
 

@@ -131,7 +131,7 @@ class TextDataModule(L.LightningDataModule):
         block_size: tokens per training sequence ``T`` (the truncated-BPTT length in stream mode).
         batch_size: sequences per batch on each device.
         val_fraction: share of the corpus carved off for validation when the source has no such split.
-        test_fraction: likewise for test.
+        test_fraction: likewise for test; 0 for no test split (``lightning test`` then has no data).
         num_workers: DataLoader worker processes (window mode; stream mode reads a memory map in-process).
         seed: seed of the window order, a new permutation each epoch (the same on every rank).
         cache_dir: where tokenized corpora are cached; default ``$LIGHTNING_SEQ_CACHE`` or
@@ -165,9 +165,10 @@ class TextDataModule(L.LightningDataModule):
         _check_positive(block_size=block_size, batch_size=batch_size)
         if mode not in ("stream", "window"):
             raise InputError(f"data.mode: unknown mode '{mode}'; expected 'stream' or 'window'.")
-        for name, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
-            if not 0.0 < value < 0.5:
-                raise InputError(f"data.{name}: expected a fraction in (0, 0.5), got {value}.")
+        if not 0.0 < val_fraction < 0.5:
+            raise InputError(f"data.val_fraction: expected a fraction in (0, 0.5), got {val_fraction}.")
+        if not 0.0 <= test_fraction < 0.5:
+            raise InputError(f"data.test_fraction: expected a fraction in [0, 0.5), got {test_fraction}.")
         self.source, self.text_column, self.dataset_config = source, text_column, dataset_config
         self.dataset_splits = dataset_splits
         self.mode, self.block_size, self.batch_size = mode, block_size, batch_size
@@ -293,6 +294,11 @@ class TextDataModule(L.LightningDataModule):
 
     def _check_length(self, split: str) -> None:
         n = len(self.tokens(split))
+        if n == 0:
+            raise InputError(
+                f"data.test_fraction: the {split} split is empty (test_fraction = 0). Fix: set "
+                "data.test_fraction above 0, or give a source with a test split."
+            )
         world = rank_and_world(self.trainer)[1]
         if self.mode == "window" and n < self.block_size + 1:
             raise InputError(

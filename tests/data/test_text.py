@@ -121,3 +121,19 @@ def test_hyperparameters_are_plain_data(corpus_file):
     assert dm.hparams["tokenizer"] == {"kind": "bpe", "vocab_size": 300, "min_frequency": 2}
     again = TextDataModule(**dm.hparams)  # as load_from_checkpoint rebuilds it
     assert again.cache_key == dm.cache_key
+
+
+def test_no_test_split_trains_on_the_first_90_percent(corpus_file):
+    text = corpus_file.read_text()
+    dm = TextDataModule(
+        source=str(corpus_file), mode="window", block_size=32, val_fraction=0.1, test_fraction=0
+    )
+    decoded = {
+        s: dm.tokenizer.decode(dm.tokens(s)[:].tolist(), skip_special_tokens=True) for s in ("train", "val")
+    }
+    assert decoded["train"] + decoded["val"] == text  # nothing dropped, in order
+    assert abs(len(decoded["val"]) / len(text) - 0.1) < 0.01  # cut at a newline near 90%
+    assert len(dm.tokens("test")) == 0
+    dm.setup("fit")
+    with pytest.raises(InputError, match=r"data\.test_fraction: the test split is empty"):
+        dm.setup("test")
