@@ -1,13 +1,23 @@
 """Pure torch building blocks (no Lightning): one idea per block, fused and explicit paths."""
 
+from lightning_seq.layers.additive_attention import AdditiveAttention
 from lightning_seq.layers.attention import (
+    KV,
     MultiHeadAttention,
     attention_fused,
     attention_reference,
     causal_mask,
 )
 from lightning_seq.layers.channel_attention import SqueezeExcitation
+from lightning_seq.layers.linear_attention import (
+    LinearAttention,
+    LinearState,
+    elu_feature_map,
+    linear_attention,
+    linear_attention_reference,
+)
 from lightning_seq.layers.patches import PatchEmbedding, patch_grid
+from lightning_seq.layers.positions import LearnedPositions, SinusoidalPositions, sinusoidal_table
 from lightning_seq.layers.recurrent import (
     GRUCell,
     LSTMCell,
@@ -22,6 +32,9 @@ from lightning_seq.layers.transformer import (
     DropPath,
     FeedForward,
     TransformerBlock,
+    TransformerDecoder,
+    TransformerEncoder,
+    TransformerEncoderDecoder,
     drop_path_rates,
     init_linear_,
 )
@@ -36,31 +49,44 @@ from lightning_seq.layers.windows import (
 )
 
 __all__ = [
+    "KV",
+    "AdditiveAttention",
     "DropPath",
     "FeedForward",
     "GRUCell",
     "LSTMCell",
+    "LearnedPositions",
+    "LinearAttention",
+    "LinearState",
     "MultiHeadAttention",
     "PatchEmbedding",
     "PatchMerging",
     "RNNCell",
     "Recurrent",
     "RecurrentState",
+    "SinusoidalPositions",
     "SqueezeExcitation",
     "SwinBlock",
     "TransformerBlock",
+    "TransformerDecoder",
+    "TransformerEncoder",
+    "TransformerEncoderDecoder",
     "WindowAttention",
     "attention_fused",
     "attention_reference",
     "causal_mask",
     "drop_path_rates",
+    "elu_feature_map",
     "gru_cell",
     "init_linear_",
+    "linear_attention",
+    "linear_attention_reference",
     "lstm_cell",
     "patch_grid",
     "relative_position_index",
     "rnn_tanh_cell",
     "shifted_window_mask",
+    "sinusoidal_table",
     "window_partition",
     "window_reverse",
 ]

@@ -17,6 +17,10 @@ themselves and see the whole prefix (what incremental decoding with a key/value 
 With ``Tq == Tk`` this is the usual lower-triangular mask.
 
 A row in which every key is masked out has no defined softmax; do not build such masks.
+
+Incremental decoding: :class:`MultiHeadAttention` returns the keys and values it attended to
+(``use_cache=True``) and takes them back as ``past_kv`` on the next call, so each new token
+costs one projection of that token and one attention row instead of a whole recomputation.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from torch import Tensor, nn
 from lightning_seq.errors import InputError
 
 Impl: TypeAlias = Literal["fused", "explicit"]
+KV: TypeAlias = tuple[Tensor, Tensor]
+"""Keys and values, each ``(B, heads, T, head_dim)``: a self-attention cache or a projected memory."""
 _IMPLS: tuple[str, ...] = ("fused", "explicit")
 
 
@@ -187,6 +193,24 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = x.shape
         return x.transpose(1, 2).reshape(b, t, self.dim)  # (B, T, dim)
 
+    def project_kv(self, context: Tensor) -> KV:
+        """Keys and values of ``context (B, Tk, kdim)``, each ``(B, heads, Tk, head_dim)``.
+
+        For cross-attention over a fixed memory: project it once and pass the result as ``kv``.
+        """
+        return self._split_heads(self.k_proj(context)), self._split_heads(self.v_proj(context))
+
+    def _project_self(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values of ``x`` in one matrix product (self-attention, ``kdim == dim``)."""
+        weight = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])  # (3 dim, dim)
+        bias = self.q_proj.bias
+        if bias is not None:
+            bias = torch.cat([bias, self.k_proj.bias, self.v_proj.bias])  # (3 dim,)
+        b, t, _ = x.shape
+        qkv = F.linear(x, weight, bias).view(b, t, 3, self.heads, self.head_dim)  # (B, T, 3, heads, hd)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, T, head_dim)
+        return q, k, v
+
     def forward(
         self,
         x: Tensor,
@@ -194,24 +218,44 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         causal: bool = False,
         bias: Tensor | None = None,
-    ) -> Tensor:
+        past_kv: KV | None = None,
+        use_cache: bool = False,
+        kv: KV | None = None,
+    ) -> Tensor | tuple[Tensor, KV]:
         """Attend from ``x`` to ``context`` (or to ``x`` itself).
 
         Args:
             x: Queries, ``(B, Tq, dim)``.
             context: Keys and values, ``(B, Tk, kdim)``; None for self-attention.
-            mask: Boolean, broadcastable to ``(B, heads, Tq, Tk)``; True = may attend.
-            causal: Forbid attending to later positions (bottom-right aligned).
+            mask: Boolean, broadcastable to ``(B, heads, Tq, Tk)``; True = may attend. With
+                ``past_kv``, ``Tk`` counts the past keys too.
+            causal: Forbid attending to later positions (bottom-right aligned, so the queries are
+                the last ``Tq`` positions of the ``Tk`` keys).
             bias: Additive float bias broadcastable to ``(B, heads, Tq, Tk)``.
+            past_kv: Keys and values of earlier positions (what a previous call returned with
+                ``use_cache``), placed before the keys and values of this call.
+            use_cache: Also return the full keys and values (past + new).
+            kv: Precomputed keys and values (:meth:`project_kv` of a fixed memory); ``context``
+                and ``past_kv`` are then ignored.
 
         Returns:
-            ``(B, Tq, dim)``.
+            ``(B, Tq, dim)``, or ``(out, (keys, values))`` with ``use_cache``.
         """
-        context = x if context is None else context
-        q = self._split_heads(self.q_proj(x))  # (B, heads, Tq, head_dim)
-        k = self._split_heads(self.k_proj(context))  # (B, heads, Tk, head_dim)
-        v = self._split_heads(self.v_proj(context))  # (B, heads, Tk, head_dim)
+        if kv is not None:
+            q = self._split_heads(self.q_proj(x))  # (B, heads, Tq, head_dim)
+            k, v = kv  # (B, heads, Tk, head_dim) each
+        elif context is None and self.k_proj.in_features == self.dim:
+            q, k, v = self._project_self(x)  # (B, heads, T, head_dim) each
+        else:
+            q = self._split_heads(self.q_proj(x))  # (B, heads, Tq, head_dim)
+            k, v = self.project_kv(x if context is None else context)  # (B, heads, Tk, head_dim) each
+        if kv is None and past_kv is not None:
+            k = torch.cat([past_kv[0], k], dim=2)  # (B, heads, Tpast + T, head_dim)
+            v = torch.cat([past_kv[1], v], dim=2)
+        if causal and x.shape[1] == 1:
+            causal = False  # one query at the end of the sequence sees every key
         attend = attention_fused if self.impl == "fused" else attention_reference
         dropout_p = self.dropout if self.training else 0.0
         out = attend(q, k, v, mask=mask, bias=bias, causal=causal, scale=self.scale, dropout_p=dropout_p)
-        return self.out_proj(self._merge_heads(out))  # (B, Tq, dim)
+        out = self.out_proj(self._merge_heads(out))  # (B, Tq, dim)
+        return (out, (k, v)) if use_cache else out

@@ -151,3 +151,74 @@ def test_bad_arguments() -> None:
         MultiHeadAttention(12, 5)
     with pytest.raises(InputError, match="impl='flash'"):
         MultiHeadAttention(12, 3, impl="flash")
+
+
+# ------------------------------------------------------------------ KV cache, project_kv, padding
+def _incremental(net: MultiHeadAttention, x: Tensor, first: int, mask: Tensor | None = None) -> Tensor:
+    """Causal self-attention over ``x`` fed as a chunk of ``first`` positions, then one token at a time."""
+    outs, past = [], None
+    for start, stop in [(0, first), *((t, t + 1) for t in range(first, x.shape[1]))]:
+        keys = None if mask is None else mask[..., :stop]  # the mask covers past + new keys
+        out, past = net(x[:, start:stop], mask=keys, causal=True, past_kv=past, use_cache=True)
+        assert past[0].shape == (x.shape[0], HEADS, stop, 4)  # (B, heads, t, head_dim)
+        outs.append(out)
+    return torch.cat(outs, dim=1)
+
+
+@pytest.mark.parametrize("first", [1, 3], ids=["token_by_token", "prompt_chunk_first"])
+@pytest.mark.parametrize("impl", ["fused", "explicit"])
+@pytest.mark.parametrize("padded", [False, True])
+def test_kv_cache_matches_full_causal_pass(first: int, impl: str, padded: bool) -> None:
+    fused, explicit = _mha_pair()
+    net = (fused if impl == "fused" else explicit).eval()
+    x = torch.randn(B, 8, 12, dtype=torch.float64)
+    mask = None
+    if padded:  # key padding (B, 1, 1, T): row 0 has padded keys at positions 2 and 5
+        mask = torch.ones(B, 1, 1, 8, dtype=torch.bool)
+        mask[0, ..., [2, 5]] = False
+    full = fused.eval()(x, mask=mask, causal=True)  # the reference: fused, one pass
+    torch.testing.assert_close(_incremental(net, x, first, mask), full, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_and_explicit_agree_with_cache_padding_and_causal_mask() -> None:
+    """A prompt chunk after cached keys: bottom-right causal + key padding, gradients included."""
+    fused, explicit = _mha_pair()
+    x = torch.randn(B, 3, 12, dtype=torch.float64, requires_grad=True)
+    past = [torch.randn(B, HEADS, 5, 4, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    mask = torch.ones(B, 1, 1, 8, dtype=torch.bool)
+    mask[1, ..., [0, 3, 6]] = False
+    outs = []
+    for net in (fused, explicit):
+        out, (k, v) = net(x, mask=mask, causal=True, past_kv=tuple(past), use_cache=True)
+        assert k.shape == v.shape == (B, HEADS, 8, 4)
+        outs.append([out, k, v, *torch.autograd.grad(out.square().sum(), [x, *past])])
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_project_kv_gives_the_same_cross_attention() -> None:
+    fused, _ = _mha_pair(kdim=5)
+    x = torch.randn(B, TQ, 12, dtype=torch.float64)
+    memory = torch.randn(B, TK, 5, dtype=torch.float64)
+    mask = torch.ones(B, 1, 1, TK, dtype=torch.bool)
+    mask[0, ..., -2:] = False
+    k, v = fused.project_kv(memory)
+    assert k.shape == v.shape == (B, HEADS, TK, 4)
+    expected = fused(x, memory, mask=mask)
+    torch.testing.assert_close(fused(x, mask=mask, kv=(k, v)), expected)
+    out, cached = fused(x[:, :2], mask=mask, kv=(k, v), use_cache=True)
+    assert cached[0] is k  # a fixed memory: the cache is the projected memory itself
+    torch.testing.assert_close(out, expected[:, :2])
+
+
+@pytest.mark.parametrize("impl", ["fused", "explicit"])
+def test_padded_key_never_changes_real_outputs(impl: str) -> None:
+    fused, explicit = _mha_pair()
+    net = fused if impl == "fused" else explicit
+    x = torch.randn(B, 6, 12, dtype=torch.float64)
+    mask = torch.ones(B, 1, 1, 6, dtype=torch.bool)
+    mask[:, ..., 4:] = False  # the last two positions are padding
+    out = net(x, mask=mask)
+    x2 = x.clone()
+    x2[:, 4:] = 1e3 * torch.randn(B, 2, 12, dtype=torch.float64)
+    torch.testing.assert_close(net(x2, mask=mask)[:, :4], out[:, :4], rtol=1e-10, atol=1e-12)
