@@ -40,8 +40,12 @@ def is_embedded(source: str | None) -> bool:
     return source is None or source == PYDOC_SOURCE
 
 
-def resolve_files(source: str) -> list[Path] | None:
+def resolve_files(source: str, formats: dict[str, str] = FORMATS) -> list[Path] | None:
     """The local files a source names, or None when it does not look like a local path.
+
+    Args:
+        source: a file, folder or glob.
+        formats: the extensions a folder is searched for (all files of a glob are taken).
 
     Raises:
         InputError: the source looks like a path but names nothing readable.
@@ -50,10 +54,10 @@ def resolve_files(source: str) -> list[Path] | None:
     if path.is_file():
         return [path]
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in FORMATS)
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in formats)
         if not files:
             raise InputError(
-                f"data.source: folder '{source}' holds no {', '.join(FORMATS)} files. "
+                f"data.source: folder '{source}' holds no {', '.join(formats)} files. "
                 "Fix: point data.source at a folder or file of text."
             )
         return files
@@ -63,22 +67,27 @@ def resolve_files(source: str) -> list[Path] | None:
         if not files:
             raise InputError(f"data.source: the pattern '{source}' matches no file. Fix: check the pattern.")
         return files
-    if source.startswith((".", "/", "~")) or path.suffix.lower() in FORMATS:
+    if source.startswith((".", "/", "~")) or path.suffix.lower() in {*FORMATS, *formats}:
         raise InputError(f"data.source: '{source}' does not exist. Fix: check the path.")
     return None  # a Hugging Face dataset name
 
 
 def fingerprint(
-    source: str | None, text_column: str, dataset_config: str | None, splits: dict[str, str] | None = None
+    source: str | None,
+    text_column: str,
+    dataset_config: str | None,
+    splits: dict[str, str] | None = None,
+    formats: dict[str, str] = FORMATS,
 ) -> str:
     """A cheap identity of a source for cache keys: file names, sizes and modification times.
 
     The contents of local files are not read, so a cached corpus is found without touching them.
+    ``text_column`` may be any JSON-able description of the columns read.
     """
     if is_embedded(source):
         ident: object = [PYDOC_SOURCE, pydoc_fingerprint()]
     else:
-        files = resolve_files(source)
+        files = resolve_files(source, formats)
         if files is None:
             ident = ["hub", source, dataset_config, splits]
         else:
@@ -203,6 +212,13 @@ def read_hub_dataset(
         splits: our split (``train``/``val``/``test``) -> the dataset's split expression
             (``"validation"``, ``"train[:90%]"``); by default the dataset's own splits by name.
     """
+    loaded = load_hub_splits(name, config, splits)
+    return {ours: _column(ds, text_column, where) for ours, (where, ds) in loaded.items()}
+
+
+def load_hub_splits(name: str, config: str | None, splits: dict[str, str] | None = None) -> dict:
+    """A Hugging Face dataset's splits as ``{ours: (where, datasets.Dataset)}``, ``where`` like
+    ``wmt14[validation]`` (for messages). Arguments as for :func:`read_hub_dataset`."""
     import datasets
 
     unknown = sorted(set(splits or {}) - set(SPLITS))
@@ -212,28 +228,28 @@ def read_hub_dataset(
         )
     try:
         if splits:
-            dsd = {ours: datasets.load_dataset(name, config, split=theirs) for ours, theirs in splits.items()}
-            return {ours: _column(ds, text_column, f"{name}[{splits[ours]}]") for ours, ds in dsd.items()}
+            return {
+                ours: (f"{name}[{theirs}]", datasets.load_dataset(name, config, split=theirs))
+                for ours, theirs in splits.items()
+            }
         dsd = datasets.load_dataset(name, config)
-    except InputError:
-        raise
     except Exception as err:
         raise InputError(
             f"data.source: '{name}' is not a local file or folder, and loading it as a Hugging Face dataset "
             f"failed: {_first_line(err)}. Fix: check the path, or the dataset name, data.dataset_config, "
             "data.dataset_splits and the network."
         ) from None
-    corpus: Corpus = {}
+    loaded = {}
     for ours, aliases in SPLIT_ALIASES.items():
         theirs = next((s for s in aliases if s in dsd), None)
         if theirs is not None:
-            corpus[ours] = _column(dsd[theirs], text_column, f"{name}[{theirs}]")
-    if "train" not in corpus:
+            loaded[ours] = (f"{name}[{theirs}]", dsd[theirs])
+    if "train" not in loaded:
         raise InputError(
             f"data.source: dataset '{name}' has no train split (it has {', '.join(dsd)}). "
             "Fix: choose a dataset or config with a train split."
         )
-    return corpus
+    return loaded
 
 
 def _first_line(err: BaseException) -> str:
@@ -279,3 +295,231 @@ def _cut(docs: Sequence[str], at: int) -> tuple[list[str], list[str]]:
         head.append(doc)
         at -= len(doc)
     return head, []
+
+
+# ------------------------------------------------------------------ records: one example per row
+# Task data (translation pairs, labelled texts) is read row by row, each row with its location
+# ("file:line", "name[split] row i"), so an error can name the line a user has to fix.
+
+RECORD_FORMATS = {".tsv": "tsv", ".csv": "csv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
+
+Record = tuple[str, object]  # (where, row): a list of fields (.tsv) or a dict (.csv, .jsonl, datasets)
+Records = dict[str, list[Record]]
+
+
+def read_records(path: Path) -> list[Record]:
+    """The rows of a ``.tsv`` (fields, no header), ``.csv`` (header row), ``.jsonl``/``.json`` or
+    ``.parquet`` file.
+
+    A ``.json`` file may also hold one JSON array of objects. Blank lines are skipped.
+
+    Raises:
+        InputError: naming the file and line of a malformed row, or an empty file.
+    """
+    fmt = RECORD_FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise InputError(
+            f"data.source: '{path}' has an unsupported extension; "
+            f"expected one of {', '.join(RECORD_FORMATS)}."
+        )
+    if fmt == "parquet":
+        return read_parquet_records(path)[0]
+    text = read_utf8(path)
+    records = {"tsv": _tsv_records, "csv": _csv_records, "json": _json_records}[fmt](path, text)
+    if not records:
+        raise InputError(f"data.source: '{path}' is empty (no rows). Fix: fill it, or remove it.")
+    return records
+
+
+def _tsv_records(path: Path, text: str) -> list[Record]:
+    return [
+        (f"{path}:{number}", line.split("\t"))
+        for number, line in enumerate(text.splitlines(), 1)
+        if line.strip()
+    ]
+
+
+def _csv_records(path: Path, text: str) -> list[Record]:
+    import csv
+    import io
+
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    records: list[Record] = []
+    for fields in reader:
+        if not any(f.strip() for f in fields):
+            continue
+        where = f"{path}:{reader.line_num}"
+        if len(fields) != len(header):
+            raise InputError(
+                f"data.source: {where}: the row has {len(fields)} fields but the header has {len(header)} "
+                f"({', '.join(header)}). Fix: quote fields that hold commas, or correct the row."
+            )
+        records.append((where, dict(zip(header, fields, strict=True))))
+    return records
+
+
+def _json_records(path: Path, text: str) -> list[Record]:
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(
+                f"data.source: {path}:{err.lineno}: not valid JSON ({err.msg}, column {err.colno}). "
+                "Fix: correct the file."
+            ) from None
+        records = [(f"{path} item {i}", row) for i, row in enumerate(rows)]
+    else:
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append((f"{path}:{number}", json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise InputError(
+                    f"data.source: {path}:{number}: not valid JSON ({err.msg}, column {err.colno}). "
+                    "Fix: write one JSON object per line."
+                ) from None
+    for where, row in records:
+        if not isinstance(row, dict):
+            raise InputError(
+                f"data.source: {where}: expected a JSON object, found {type(row).__name__}. "
+                'Fix: write one object per line, e.g. {"src": "...", "tgt": "..."}.'
+            )
+    return records
+
+
+def read_local_records(
+    files: Sequence[Path], root: Path | None = None
+) -> tuple[Records, dict[str, list[str]]]:
+    """The rows of local files, grouped into splits by their names below ``root`` (or file names), and
+    the label names that ``.parquet`` files declare (see :func:`read_hub_records`)."""
+    records: Records = {}
+    label_names: dict[str, list[str]] = {}
+    for path in files:
+        name = str(path.relative_to(root)) if root is not None else path.name
+        if path.suffix.lower() == ".parquet":
+            rows, names = read_parquet_records(path)
+            label_names = {**names, **label_names}
+        else:
+            rows = read_records(path)
+        records.setdefault(split_of(name), []).extend(rows)
+    return records, label_names
+
+
+def read_parquet_records(path: Path) -> tuple[list[Record], dict[str, list[str]]]:
+    """The rows of a ``.parquet`` file, read with ``datasets`` (which keeps declared ``ClassLabel`` names)."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset("parquet", data_files=[str(path)], split="train")
+    except Exception as err:
+        raise InputError(
+            f"data.source: could not read {path} as parquet: {_first_line(err)}. Fix: check the file format."
+        ) from None
+    rows, names = _dataset_records(ds, str(path))
+    if not rows:
+        raise InputError(f"data.source: '{path}' is empty (no rows). Fix: fill it, or remove it.")
+    return rows, names
+
+
+def read_hub_records(
+    name: str, config: str | None, splits: dict[str, str] | None = None
+) -> tuple[Records, dict[str, list[str]]]:
+    """The rows of a Hugging Face dataset's splits (see :func:`load_hub_splits`), as dicts.
+
+    ``ClassLabel`` columns hold label names instead of ids (lists of names for sequences of them).
+
+    Returns:
+        The rows by split, and the label names of each ``ClassLabel`` column in id order.
+    """
+    records: Records = {}
+    label_names: dict[str, list[str]] = {}
+    for ours, (where, ds) in load_hub_splits(name, config, splits).items():
+        records[ours], names = _dataset_records(ds, where)
+        label_names = {**names, **label_names}
+    return records, label_names
+
+
+def _dataset_records(ds, where: str) -> tuple[list[Record], dict[str, list[str]]]:
+    """A ``datasets.Dataset``'s rows as dicts, ``ClassLabel`` ids turned into names, and those names."""
+    rows = ds.to_list()
+    label_names = {}
+    for column, feature in ds.features.items():
+        to_name, names = _label_names(feature)
+        if to_name is not None:
+            label_names[column] = names
+            for row in rows:
+                row[column] = to_name(row[column])
+    return [(f"{where} row {i}", row) for i, row in enumerate(rows)], label_names
+
+
+def _label_names(feature) -> tuple:
+    """For a ``ClassLabel`` feature (or a sequence of them): a function turning ids into names, and the
+    names in id order; ``(None, None)`` for other features."""
+    import datasets
+
+    inner = getattr(feature, "feature", None)
+    if isinstance(feature, list) and len(feature) == 1:
+        inner = feature[0]
+    if isinstance(feature, datasets.ClassLabel):
+        return (lambda v: feature.int2str(v) if isinstance(v, int) and v >= 0 else v), list(feature.names)
+    if isinstance(inner, datasets.ClassLabel):
+        to_name = lambda vs: [inner.int2str(v) if isinstance(v, int) and v >= 0 else v for v in vs]  # noqa: E731
+        return to_name, list(inner.names)
+    return None, None
+
+
+def carve_records(splits: dict[str, list], val_fraction: float, test_fraction: float, seed: int = 0) -> dict:
+    """Fill missing val/test splits with items drawn at random (fixed ``seed``) from train.
+
+    Unlike :func:`carve_splits`, items are drawn from everywhere in train, so a file sorted by label
+    or length still gives representative val and test splits. Items keep their order.
+    """
+    import random
+
+    missing = [s for s in ("val", "test") if s not in splits]
+    if not missing:
+        return {split: splits[split] for split in SPLITS}
+    train = list(splits["train"])
+    counts = {s: max(1, round(len(train) * {"val": val_fraction, "test": test_fraction}[s])) for s in missing}
+    if len(train) <= sum(counts.values()):
+        raise InputError(
+            f"data.source: the train split has only {len(train)} rows, too few to carve "
+            f"{' and '.join(missing)} splits from. Fix: add rows, or give val/test files."
+        )
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    out, start = dict(splits), 0
+    for split in missing:
+        out[split] = [train[i] for i in sorted(order[start : start + counts[split]])]
+        start += counts[split]
+    out["train"] = [train[i] for i in sorted(order[start:])]
+    return {split: out[split] for split in SPLITS}
+
+
+def read_task_records(
+    source: str,
+    dataset_config: str | None,
+    dataset_splits: dict[str, str] | None,
+    formats: dict[str, str] = RECORD_FORMATS,
+) -> tuple[Records, dict[str, list[str]]]:
+    """Rows of local files (split by file names) or of a Hugging Face dataset; val/test may be missing
+    (see :func:`carve_records`).
+
+    Returns:
+        The rows by split, and the label names the data declares per column (``ClassLabel``s).
+    """
+    files = resolve_files(source, formats)
+    if files is None:
+        records, label_names = read_hub_records(source, dataset_config, dataset_splits)
+    else:
+        root = Path(source).expanduser()
+        records, label_names = read_local_records(files, root if root.is_dir() else None)
+    if "train" not in records:
+        raise InputError(
+            f"data.source: '{source}' has {' and '.join(records)} files but no train files. "
+            "Fix: add files whose names do not say val/valid/validation/dev/test (or say train)."
+        )
+    return records, label_names

@@ -7,6 +7,8 @@ Kinds:
 * ``word``: one token per word or punctuation mark, a word carrying its leading space (``▁the``),
   newlines as tokens; words seen fewer than ``min_frequency`` times map to ``<|unk|>``.
 * a path to an existing ``tokenizer.json``: used as it is, with our special tokens added when missing.
+* a path to a lightning_seq checkpoint (``.ckpt``): the tokenizer it was trained with, e.g. to
+  fine-tune a classifier from a language model with the language model's vocabulary.
 
 Every tokenizer has the special tokens ``<|pad|>``, ``<|unk|>``, ``<|bos|>`` and ``<|eos|>``.
 ``<|eos|>`` ends every document in the token stream, so it also serves as the start-of-text
@@ -24,6 +26,7 @@ from lightning_seq.errors import InputError
 PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
 KINDS = ("char", "bpe", "word")
+FILE_SUFFIXES = (".json", ".ckpt")
 
 
 @dataclass
@@ -31,7 +34,8 @@ class TokenizerConfig:
     """How to build the tokenizer.
 
     Args:
-        kind: ``char``, ``bpe``, ``word``, or the path of an existing ``tokenizer.json``.
+        kind: ``char``, ``bpe``, ``word``, or the path of an existing ``tokenizer.json`` or of a
+            checkpoint (``.ckpt``) that holds a tokenizer.
         vocab_size: largest vocabulary for ``bpe`` and ``word`` (special tokens included).
         min_frequency: fewest occurrences in the train split for a ``bpe`` merge or a ``word``.
     """
@@ -41,10 +45,10 @@ class TokenizerConfig:
     min_frequency: int = 2
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS and not self.kind.endswith(".json"):
+        if self.kind not in KINDS and not self.kind.endswith(FILE_SUFFIXES):
             raise InputError(
                 f"data.tokenizer.kind: unknown tokenizer kind '{self.kind}'. "
-                f"Fix: use one of {', '.join(KINDS)}, or the path of a tokenizer.json file."
+                f"Fix: use one of {', '.join(KINDS)}, or the path of a tokenizer.json or .ckpt file."
             )
         if self.vocab_size < len(SPECIAL_TOKENS) + 1:
             raise InputError(
@@ -128,10 +132,13 @@ def _batches(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
 
 
 def load_tokenizer_file(path: str | Path) -> Tokenizer:
-    """Load a ``tokenizer.json``, with a clear message when it is missing or malformed."""
+    """Load a ``tokenizer.json`` or a checkpoint's tokenizer, with a clear message when it is missing or
+    malformed."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise InputError(f"data.tokenizer.kind: tokenizer file '{path}' does not exist. Fix: check the path.")
+    if path.suffix == ".ckpt":
+        return load_checkpoint_tokenizer(path)
     try:
         return Tokenizer.from_file(str(path))
     except Exception as err:
@@ -141,7 +148,42 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
         ) from None
 
 
+def load_checkpoint_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer stored in a lightning_seq checkpoint (``checkpoint["tokenizer"]``, JSON text)."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # truncated or foreign file
+        raise InputError(
+            f"data.tokenizer.kind: '{path}' is not a readable checkpoint ({type(err).__name__}: "
+            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}). "
+            "Fix: give a .ckpt written by `lightning fit`."
+        ) from None
+    text = checkpoint.get("tokenizer") if isinstance(checkpoint, dict) else None
+    if not isinstance(text, str):
+        raise InputError(
+            f"data.tokenizer.kind: checkpoint '{path}' holds no tokenizer (it was not trained on text "
+            "with a lightning_seq text DataModule). Fix: give the checkpoint of a text model, or a "
+            "tokenizer.json."
+        )
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as err:
+        raise InputError(f"data.tokenizer.kind: the tokenizer in '{path}' is malformed ({err}).") from None
+
+
 def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
     """Ids of the special tokens: ``{"pad": 0, "unk": 1, "bos": 2, "eos": 3}`` (None when absent)."""
     names = ("pad", "unk", "bos", "eos")
     return {name: tokenizer.token_to_id(token) for name, token in zip(names, SPECIAL_TOKENS, strict=True)}
+
+
+def encode_texts(tokenizer: Tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
+    """Token ids of each text, without special tokens; a text that gives none becomes ``[<|unk|>]``."""
+    unk = special_ids(tokenizer)["unk"]
+    out: list[list[int]] = []
+    for start in range(0, len(texts), chunk):
+        encodings = tokenizer.encode_batch(texts[start : start + chunk], add_special_tokens=False)
+        out.extend(e.ids or [unk] for e in encodings)
+    return out
