@@ -47,8 +47,10 @@ from lightning_seq.utils import run_dir
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "submit")
 
-# DataModule attribute -> model argument. A link whose source attribute or target argument does not
-# exist for the classes in a recipe is skipped, so one list serves every family.
+# DataModule attribute -> model argument. A link whose source attribute does not exist for the
+# DataModule of a recipe is skipped, so one list serves every family. One that exists is applied, and
+# the model must accept it: hence source names that only the intended DataModules have (the
+# TextDataModule also has an ``eos_id``, which no language model takes).
 LINKS = (
     ("data.vocab_size", "model.init_args.net.init_args.vocab_size"),
     ("data.pad_id", "model.init_args.pad_id"),
@@ -59,8 +61,8 @@ LINKS = (
     ("data.classes", "model.init_args.classes"),
     ("data.src_vocab_size", "model.init_args.net.init_args.src_vocab_size"),
     ("data.tgt_vocab_size", "model.init_args.net.init_args.tgt_vocab_size"),
-    ("data.bos_id", "model.init_args.bos_id"),
-    ("data.eos_id", "model.init_args.eos_id"),
+    ("data.tgt_bos_id", "model.init_args.bos_id"),
+    ("data.tgt_eos_id", "model.init_args.eos_id"),
 )
 
 

@@ -204,6 +204,16 @@ class ParallelTextDataModule(L.LightningDataModule):
         return self.meta["special_ids"]["eos"]
 
     @property
+    def tgt_bos_id(self) -> int:
+        """The target side's start token, for the decoder (the CLI links it into ``model.bos_id``)."""
+        return self.bos_id
+
+    @property
+    def tgt_eos_id(self) -> int:
+        """The target side's end token (the CLI links it into ``model.eos_id``)."""
+        return self.eos_id
+
+    @property
     def src_tokenizer(self) -> Tokenizer:
         return self._load_tokenizer("src")
 
