@@ -103,16 +103,21 @@ class TokenStreams(IterableDataset):
 
 
 class TokenWindows(Dataset):
-    """Window mode: item ``i`` is tokens ``[i * T, (i + 1) * T]`` (``T + 1`` ids)."""
+    """Window mode: item ``i`` is tokens ``[i * S, i * S + T]`` (``T + 1`` ids) for stride ``S``.
 
-    def __init__(self, tokens: TokenFile | np.ndarray, block_size: int):
+    The default stride ``S = T`` gives non-overlapping windows; ``S = 1`` gives a window at every
+    offset (shuffled, this is the random sampling of nanoGPT-style training loops).
+    """
+
+    def __init__(self, tokens: TokenFile | np.ndarray, block_size: int, stride: int | None = None):
         self.tokens, self.block_size = tokens, block_size
+        self.stride = stride or block_size
 
     def __len__(self) -> int:
-        return (len(self.tokens) - 1) // self.block_size
+        return max(0, (len(self.tokens) - 1 - self.block_size) // self.stride + 1)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        start = i * self.block_size
+        start = i * self.stride
         return torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
 
 
@@ -129,6 +134,8 @@ class TextDataModule(L.LightningDataModule):
         tokenizer: which tokenizer to train on the train split, or a tokenizer.json to use.
         mode: ``stream`` (contiguous streams for stateful RNNs) or ``window`` (shuffled windows).
         block_size: tokens per training sequence ``T`` (the truncated-BPTT length in stream mode).
+        train_stride: window mode: a training window starts every ``train_stride`` tokens; None
+            for ``block_size`` (non-overlapping), 1 for every offset. Evaluation windows never overlap.
         batch_size: sequences per batch on each device.
         val_fraction: share of the corpus carved off for validation when the source has no such split.
         test_fraction: likewise for test; 0 for no test split (``lightning test`` then has no data).
@@ -148,6 +155,7 @@ class TextDataModule(L.LightningDataModule):
         tokenizer: TokenizerConfig | None = None,
         mode: Literal["stream", "window"] = "stream",
         block_size: int = 128,
+        train_stride: int | None = None,
         batch_size: int = 32,
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
@@ -162,7 +170,7 @@ class TextDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         plain_hparams(self)
         self.tokenizer_config = tokenizer or TokenizerConfig()
-        _check_positive(block_size=block_size, batch_size=batch_size)
+        _check_positive(block_size=block_size, batch_size=batch_size, train_stride=train_stride or 1)
         if mode not in ("stream", "window"):
             raise InputError(f"data.mode: unknown mode '{mode}'; expected 'stream' or 'window'.")
         if not 0.0 < val_fraction < 0.5:
@@ -174,6 +182,7 @@ class TextDataModule(L.LightningDataModule):
         self.mode, self.block_size, self.batch_size = mode, block_size, batch_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.num_workers, self.seed = num_workers, seed
+        self.train_stride = train_stride
         self.cache_root = default_cache_dir(cache_dir)
         self.prompts = prompts if prompts is not None else ["The "]
         self._meta: dict | None = None
@@ -320,7 +329,7 @@ class TextDataModule(L.LightningDataModule):
         if self.mode == "stream":
             streams = TokenStreams(tokens, self.batch_size, self.block_size, rank, world)
             return ResumableLoader(streams, batch_size=None, seed=self.seed, epoch=trainer_epoch(self))
-        windows = TokenWindows(tokens, self.block_size)
+        windows = TokenWindows(tokens, self.block_size, self.train_stride if split == "train" else None)
         return ResumableLoader(
             windows,
             batch_size=self.batch_size,

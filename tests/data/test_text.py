@@ -38,6 +38,9 @@ def test_window_mode_items():
     windows = TokenWindows(np.arange(100), block_size=10)
     assert len(windows) == 9
     assert torch.equal(windows[2], torch.arange(20, 31))
+    every = TokenWindows(np.arange(100), block_size=10, stride=1)
+    assert len(every) == 90 and torch.equal(every[89], torch.arange(89, 100))  # every offset, none short
+    assert torch.equal(every[3], torch.arange(3, 14))
 
 
 def test_datamodule_sizes_and_cache_is_reused(corpus_file):
