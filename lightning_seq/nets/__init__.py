@@ -2,7 +2,27 @@
 
 from lightning_seq.nets.resnet import ResNet
 from lightning_seq.nets.rnn_lm import RNNLM
+from lightning_seq.nets.seq2seq import RNNSeq2Seq, TransformerSeq2Seq
+from lightning_seq.nets.sequence_classifier import (
+    RNNClassifier,
+    RNNTagger,
+    TransformerClassifier,
+    TransformerTagger,
+)
 from lightning_seq.nets.swin import Swin
+from lightning_seq.nets.transformer_lm import TransformerLM
 from lightning_seq.nets.vit import ViT
 
-__all__ = ["RNNLM", "ResNet", "Swin", "ViT"]
+__all__ = [
+    "RNNLM",
+    "RNNClassifier",
+    "RNNSeq2Seq",
+    "RNNTagger",
+    "ResNet",
+    "Swin",
+    "TransformerClassifier",
+    "TransformerLM",
+    "TransformerSeq2Seq",
+    "TransformerTagger",
+    "ViT",
+]
