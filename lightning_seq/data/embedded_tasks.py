@@ -59,25 +59,29 @@ def _below_thousand(n: int) -> str:
     return " ".join(parts)
 
 
+SMALL_NUMBERS = 100  # 0..99 always go to train
+
+
 def sample_numbers(sizes: dict[str, int], seed: int = 0) -> dict[str, list[int]]:
     """Distinct numbers in ``[0, 999999]`` for each split, disjoint across splits.
 
     Each draw picks a digit count 1-6 uniformly, then a number of that many digits, so small
     and large numbers both appear (nearly every number below 1000 is drawn for 20k numbers). Test
-    is drawn first, then val, then train, so test and val do not change with the train size. 0, the
-    only number spelt with "zero", always goes to train.
+    is drawn first, then val, then train, so test and val do not change with the train size. The
+    numbers below 100 always go to train: every other number is spelt with their words (0 alone is
+    "zero"), and a model cannot translate words it never saw.
     """
     total = sum(sizes.values())
-    if min(sizes.values()) < 1 or total > MAX_NUMBERS:
+    if min(sizes.values()) < 1 or sizes["train"] < SMALL_NUMBERS or total > MAX_NUMBERS:
         raise InputError(
             f"data.train_size/val_size/test_size: expected positive sizes of at most {MAX_NUMBERS} numbers "
-            f"in all, got {sizes}. Fix: choose smaller sizes."
+            f"in all and a train_size of at least {SMALL_NUMBERS}, got {sizes}. Fix: choose other sizes."
         )
     rng = random.Random(seed)
-    seen = {0}
+    seen = set(range(SMALL_NUMBERS))
     out: dict[str, list[int]] = {}
     for split in ("test", "val", "train"):
-        drawn = [0] if split == "train" else []
+        drawn = list(range(SMALL_NUMBERS)) if split == "train" else []
         while len(drawn) < sizes[split]:
             digits = rng.randint(1, 6)
             n = rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)

@@ -96,6 +96,10 @@ def test_number_sampling_is_deterministic_and_test_split_does_not_depend_on_trai
     assert all(parse_number_words(w) == int(d) for d, w in reverse["val"])
     with pytest.raises(InputError, match="at most 500000"):
         sample_numbers({"train": 600_000, "val": 1, "test": 1})
+    assert set(range(100)) <= set(a["train"])  # the words of every number are seen in training
+    assert min(a["val"] + a["test"]) >= 100
+    with pytest.raises(InputError, match="train_size of at least 100"):
+        sample_numbers({"train": 50, "val": 10, "test": 10})
 
 
 def test_code_vs_prose_is_balanced_disjoint_and_labelled_right():
