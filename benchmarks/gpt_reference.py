@@ -1,0 +1,98 @@
+"""The reference char-level GPT through ``lightning fit``: its val loss and its time per training step.
+
+Runs ``lightning fit --config recipes/gpt.yaml --config recipes/fragments/gpt_reference.yaml`` on the
+given text (first 90% train, last 10% validation) exactly as a user would, with one extra callback
+that timestamps every training step. A step's time is the interval from the start of one training
+batch to the start of the next (data loading, forward, backward, optimizer, logging); the intervals
+that contain a validation are left out. Then ``lightning validate`` scores the final weights on the
+whole validation split as well as on the 20 batches that the run validates on.
+
+    python benchmarks/gpt_reference.py --corpus ../shared/data/tinyshakespeare.txt
+
+Target (issue 5): val loss <= 1.88 at no more than 49 ms per training step (median).
+"""
+
+import argparse
+import csv
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class StepTimes(L.Callback):
+    """Writes the wall time of every training step without a validation in it to ``path`` (JSON)."""
+
+    def __init__(self, path: str):
+        self.path, self.times, self.last, self.validated = path, [], None, False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        now = time.perf_counter()
+        if self.last is not None and not self.validated:
+            self.times.append(now - self.last)
+        self.last, self.validated = now, False
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.validated = True
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        Path(self.path).write_text(json.dumps(self.times))
+
+
+def lightning(*args: str, cwd: str) -> str:
+    """Run the command line in ``cwd``; its standard output (also echoed)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "benchmarks")]),
+           "WANDB_MODE": "offline"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-m", "lightning_seq", *args], cwd=cwd, env=env, check=True,
+                         stdout=subprocess.PIPE, text=True).stdout  # fmt: skip
+    print(out)
+    return out
+
+
+def last_val_loss(run: Path) -> float:
+    rows = [r for r in csv.DictReader((run / "metrics.csv").open()) if r.get("val/loss")]
+    return float(rows[-1]["val/loss"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--corpus", required=True, help="the text, e.g. ../shared/data/tinyshakespeare.txt")
+    parser.add_argument("overrides", nargs="*", help="more lightning fit arguments")
+    args = parser.parse_args()
+    recipe = ["--config", str(REPO / "recipes" / "gpt.yaml"),
+              "--config", str(REPO / "recipes" / "fragments" / "gpt_reference.yaml"),
+              f"--data.init_args.source={Path(args.corpus).resolve()}"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as cwd:
+        times_file = Path(cwd) / "step_times.json"
+        timer = {"class_path": "gpt_reference.StepTimes", "init_args": {"path": str(times_file)}}
+        start = time.perf_counter()
+        lightning("fit", *recipe, f"--trainer.callbacks+={json.dumps(timer)}", *args.overrides, cwd=cwd)
+        total = time.perf_counter() - start
+        run = max((Path(cwd) / "runs" / "gpt_reference").glob("version_*"), key=lambda p: p.stat().st_mtime)
+        times = json.loads(times_file.read_text())
+        val_20 = last_val_loss(run)
+        checkpoint = next(run.rglob("last.ckpt"))
+        whole = ["--trainer.limit_val_batches=1.0", "--trainer.logger=false"]
+        report = lightning("validate", *recipe, f"--ckpt_path={checkpoint}", *whole, cwd=cwd)
+        val_all = float(re.search(r"val/loss\W+([0-9.]+)", report).group(1))
+    print("\n| what | value |\n|---|---|")
+    print(f"| val loss, last validation (20 batches of 12 x 64) | {val_20:.3f} |")
+    print(f"| val loss of the same weights on the whole validation split | {val_all:.3f} |")
+    print(
+        f"| median ms per training step (validation steps left out) | {1e3 * statistics.median(times):.1f} |"
+    )
+    print(f"| mean ms per training step | {1e3 * statistics.mean(times):.1f} |")
+    print(f"| whole run, launch to exit (s) | {total:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
