@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_seq.data import embedded_tasks, sources
 from lightning_seq.data.cache import build_once, default_cache_dir, key_of
 from lightning_seq.data.ragged import Ragged, id_dtype, pad, write_ragged
-from lightning_seq.data.resumable import ResumableLoader, ResumableSampler, rank_and_world, trainer_epoch
+from lightning_seq.data.resumable import batched_loader, rank_and_world
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, encode_texts, special_ids
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams, run_dir
@@ -412,19 +412,8 @@ class LabelledTextDataModule(L.LightningDataModule):
             shutil.copyfile(self.cache_path / "tokenizer.json", folder / "tokenizer.json")
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        data = self.dataset(split)
-        rank, world = rank_and_world(self.trainer)
-        return ResumableLoader(
-            data,
-            batch_size=self.batch_size,
-            sampler=ResumableSampler(data, shuffle, self.seed, rank, world, drop_last=shuffle),
-            drop_last=shuffle,
-            collate_fn=partial(collate_labelled, pad_id=self.pad_id),
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            seed=self.seed,
-            epoch=trainer_epoch(self),
-        )
+        collate = partial(collate_labelled, pad_id=self.pad_id)
+        return batched_loader(self, self.dataset(split), shuffle, collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -110,3 +110,24 @@ class ResumableLoader(DataLoader):
 def trainer_epoch(owner: L.LightningDataModule) -> Callable[[], int]:
     """The current epoch of the DataModule's Trainer (0 outside one), for :class:`ResumableLoader`."""
     return lambda: owner.trainer.current_epoch if owner.trainer is not None else 0
+
+
+def batched_loader(datamodule: L.LightningDataModule, dataset: Dataset, shuffle: bool, collate_fn=None):
+    """The map-style loader the DataModules share: this rank's share of a ``(seed, epoch)`` permutation
+    (natural order for evaluation), ``datamodule.batch_size`` items per batch, resumable mid-epoch.
+
+    Training drops the last incomplete batch; the DataModule provides ``batch_size``, ``seed`` and
+    ``num_workers``.
+    """
+    rank, world = rank_and_world(datamodule.trainer)
+    return ResumableLoader(
+        dataset,
+        batch_size=datamodule.batch_size,
+        sampler=ResumableSampler(dataset, shuffle, datamodule.seed, rank, world, drop_last=shuffle),
+        drop_last=shuffle,
+        collate_fn=collate_fn,
+        num_workers=datamodule.num_workers,
+        persistent_workers=datamodule.num_workers > 0,
+        seed=datamodule.seed,
+        epoch=trainer_epoch(datamodule),
+    )

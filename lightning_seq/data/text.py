@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_seq.data import sources
 from lightning_seq.data.cache import build_once, default_cache_dir, key_of
-from lightning_seq.data.resumable import ResumableLoader, ResumableSampler, rank_and_world, trainer_epoch
+from lightning_seq.data.resumable import ResumableLoader, batched_loader, rank_and_world, trainer_epoch
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, special_ids
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams, run_dir
@@ -330,16 +330,7 @@ class TextDataModule(L.LightningDataModule):
             streams = TokenStreams(tokens, self.batch_size, self.block_size, rank, world)
             return ResumableLoader(streams, batch_size=None, seed=self.seed, epoch=trainer_epoch(self))
         windows = TokenWindows(tokens, self.block_size, self.train_stride if split == "train" else None)
-        return ResumableLoader(
-            windows,
-            batch_size=self.batch_size,
-            sampler=ResumableSampler(windows, shuffle, self.seed, rank, world, drop_last=shuffle),
-            drop_last=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            seed=self.seed,
-            epoch=trainer_epoch(self),
-        )
+        return batched_loader(self, windows, shuffle)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
