@@ -10,9 +10,10 @@ Three measurements, each side by side in one process (``--only`` picks some):
 * ``generation``: 512 new tokens, greedy, from the same net, decoding through the KV cache vs
   recomputing the whole prefix at every step (the tokens must be identical).
 * ``attention``: one causal attention layer (width 128, 4 heads), forward + backward at sequence
-  lengths 1k to 8k: time (median of repeats) and peak extra memory (resident set size, measured in a
-  fresh process per case), for softmax attention (fused ``scaled_dot_product_attention``, and the
-  explicit N x N reference) and linear attention (elu + 1 feature map, chunked prefix sums).
+  lengths 1k to 8k: time (median of repeats) and the peak memory that the pass's tensors hold (from
+  the profiler's allocation log; a fresh process per case), for softmax attention (fused
+  ``scaled_dot_product_attention``, and the explicit N x N reference) and linear attention (elu + 1
+  feature map, chunked prefix sums).
 
     python benchmarks/gpt.py --corpus ../shared/data/tinyshakespeare.txt
 
@@ -22,7 +23,6 @@ Prints Markdown tables (paste them into benchmarks/RESULTS.md).
 import argparse
 import copy
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -85,15 +85,19 @@ def overhead(corpus: str | None, steps: int, warmup: int, rounds: int) -> None:
     torch.manual_seed(0)
     net = TransformerLM(dm.vocab_size, **REFERENCE)
     plain, ours = [], []
-    for _ in range(rounds):
-        plain.append(plain_loop(copy.deepcopy(net), dm, steps, warmup))
-        ours.append(lightning_loop(copy.deepcopy(net), dm, steps, warmup))
-    p, o = statistics.median(plain), statistics.median(ours)
+    for r in range(rounds):  # ABBA order, so that a machine that speeds up or slows down favours neither
+        for side in ("plain", "ours") if r % 2 == 0 else ("ours", "plain"):
+            if side == "plain":
+                plain.append(plain_loop(copy.deepcopy(net), dm, steps, warmup))
+            else:
+                ours.append(lightning_loop(copy.deepcopy(net), dm, steps, warmup))
+    ratio = statistics.median(o / p for p, o in zip(plain, ours, strict=True))
     print("\n| setup | plain PyTorch ms/step | LanguageModel + Trainer ms/step | ratio |\n|---|---|---|---|")
     size = f"GPT 4L/4H/128, context 64, batch 12, vocab {dm.vocab_size}, {torch.get_num_threads()} threads"
-    print(f"| {size} | {1e3 * p:.1f} | {1e3 * o:.1f} | {o / p:.3f} |")
+    p, o = statistics.median(plain), statistics.median(ours)
+    print(f"| {size} | {1e3 * p:.1f} | {1e3 * o:.1f} | {ratio:.3f} |")
     rounds = ", ".join(f"{1e3 * a:.1f}/{1e3 * b:.1f}" for a, b in zip(plain, ours, strict=True))
-    print(f"\nrounds (plain / ours, ms): {rounds}")
+    print(f"\nrounds (plain / ours, ms): {rounds}; the ratio is the median of the rounds' ratios")
 
 
 # ---------------------------------------------------------------------------------------- generation
@@ -139,22 +143,42 @@ def attention_layer(kind: str) -> torch.nn.Module:
     return layer
 
 
-def attention_case(kind: str, n: int, repeats: int) -> dict:
-    """Forward + backward of one causal layer at length ``n``: median seconds and peak extra RSS (MiB).
+def peak_tensor_bytes(fn) -> int:
+    """The most bytes that tensors allocated by ``fn()`` held at once: the profiler's raw log of every
+    allocation (+) and free (-), in time order."""
+    cpu = [torch.profiler.ProfilerActivity.CPU]
+    with torch.profiler.profile(activities=cpu, profile_memory=True) as prof:
+        fn()
+    log = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                 key=lambda e: e.start_ns())  # fmt: skip
+    held = peak = 0
+    for event in log:
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak
 
-    Runs in its own process (see :func:`attention`), so the resident-set peak belongs to this case.
+
+def attention_case(kind: str, n: int, repeats: int) -> dict:
+    """Forward + backward of one causal layer at length ``n``: median seconds, and the peak memory that
+    the tensors of one pass hold (MiB; measured in a separate profiled pass, not timed).
+
+    Runs in its own process (see :func:`attention`), so one case's allocations cannot touch another's.
     """
     torch.manual_seed(0)
     layer = attention_layer(kind)
     x = torch.randn(1, n, 128, requires_grad=True)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def step() -> None:
+        layer(x, causal=True).sum().backward()
+
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        layer(x, causal=True).sum().backward()
+        step()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"seconds": statistics.median(times), "mib": (peak - base) / 1024}
+    layer.zero_grad(set_to_none=True)
+    x.grad = None
+    return {"seconds": statistics.median(times), "mib": peak_tensor_bytes(step) / 2**20}
 
 
 def attention(lengths: list[int], repeats: int) -> None:
@@ -180,7 +204,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=["overhead", "generation", "attention"])
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--warmup", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--new-tokens", type=int, default=512)
     parser.add_argument("--lengths", type=int, nargs="*", default=[1024, 2048, 4096, 8192])
     args = parser.parse_args()

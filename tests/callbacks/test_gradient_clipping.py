@@ -61,16 +61,19 @@ class SeenByOptimizer(L.Callback):
         return [_norm(g) for g in self.grads]
 
 
-def fit(tmp_path, corpus_file, callbacks, max_steps=4, impl="fused", **trainer_kwargs) -> L.Trainer:
-    """Train a tiny LSTM LM for a few steps (seeded), logging every step to a CSV file."""
+def fit(
+    tmp_path, corpus_file, callbacks, max_steps=4, impl="fused", log_every_n_steps=1, **trainer_kwargs
+) -> L.Trainer:
+    """Train a tiny LSTM LM for a few steps (seeded), logging every step (by default) to a CSV file."""
     L.seed_everything(0)
     dm = TextDataModule(source=str(corpus_file), batch_size=8, block_size=32)
     net = RNNLM.from_preset("tiny", dm.vocab_size, impl=impl)
     model = LanguageModel(net, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), warmup_steps=0)
     trainer = L.Trainer(
         max_steps=max_steps, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="csv"),
-        log_every_n_steps=1, limit_val_batches=0, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **trainer_kwargs,
+        log_every_n_steps=log_every_n_steps, limit_val_batches=0, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks,
+        **trainer_kwargs,
     )  # fmt: skip
     trainer.fit(model, dm)
     return trainer
@@ -100,18 +103,21 @@ def test_logs_the_norm_before_clipping_and_the_optimizer_sees_clipped_gradients(
 
 
 # The tiny LM's gradient norms grow from about 0.29 to 0.46 over the first 6 steps: 0.37 splits them.
-@pytest.mark.parametrize(("clip", "expected"), [(1e-6, 1.0), (1e9, 0.0), (0.37, None)])
+@pytest.mark.parametrize(("clip", "expected"), [(1e-6, [1.0, 1.0]), (1e9, [0.0, 0.0]), (0.37, None)])
 def test_clipped_fraction_is_the_share_of_steps_above_the_threshold(tmp_path, corpus_file, clip, expected):
     before = BeforeClipping()
     trainer = fit(
-        tmp_path, corpus_file, [before, GradientClipping(clip_val=clip)], max_steps=6, limit_train_batches=6
-    )  # one whole epoch of 6 steps: the epoch mean is logged at its end
-    fraction = trainer.callback_metrics["train/grad_clipped"].item()
-    assert fraction == pytest.approx(sum(n > clip for n in before.norms) / len(before.norms))
+        tmp_path, corpus_file, [before, GradientClipping(clip_val=clip)], max_steps=6, log_every_n_steps=3
+    )
+    shares = logged(trainer, "train/grad_clipped")  # written at steps 3 and 6: each the share of 3 steps
+    above = [n > clip for n in before.norms]
+    assert shares == pytest.approx([sum(above[:3]) / 3, sum(above[3:]) / 3])
+    assert len(logged(trainer, "train/grad_norm")) == 2
+    assert logged(trainer, "train/grad_norm") == pytest.approx([before.norms[2], before.norms[5]], rel=1e-5)
     if expected is not None:
-        assert fraction == expected
+        assert shares == expected
     else:
-        assert 0.0 < fraction < 1.0, before.norms
+        assert sum(shares) not in (0.0, 2.0), before.norms  # some steps clipped, some not
 
 
 def test_value_clipping_clamps_every_element(tmp_path, corpus_file):
