@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -245,11 +246,18 @@ def with_checkpoint_model(argv: list[str]) -> list[str]:
 
 
 def _input_error(err: BaseException | None) -> InputError | None:
-    """The InputError that caused ``err``, if any (jsonargparse wraps errors raised in constructors)."""
+    """The InputError that caused ``err``, if any (jsonargparse wraps errors raised in constructors).
+
+    Lightning's ``MisconfigurationException`` counts as one: Lightning raises it for settings that
+    contradict each other (``enable_checkpointing: false`` beside a ``ModelCheckpoint``), and its
+    message says which.
+    """
     seen = set()
     while err is not None and id(err) not in seen:
         if isinstance(err, InputError):
             return err
+        if isinstance(err, MisconfigurationException):
+            return InputError(f"{err} Fix: change one of the two settings (recipe or command line).")
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None

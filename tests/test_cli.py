@@ -148,6 +148,10 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "block too large": ([f"{data}block_size=100000"], "error: data.block_size"),
         "unknown tokenizer": ([f"{data}tokenizer.kind=sentencepiece"], "error: data.tokenizer.kind"),
         "malformed YAML": (["--config", str(tmp_path / "broken.yaml")], "broken.yaml' is not valid YAML at"),
+        "contradicting Trainer settings": (
+            ["--trainer.enable_checkpointing=false"],  # the recipe lists a ModelCheckpoint
+            "error: Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint`",
+        ),
         "missing config": (["--config", str(tmp_path / "nope.yaml")], "nope.yaml' does not exist"),
     }
 
