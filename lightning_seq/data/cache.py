@@ -7,8 +7,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
+import lightning as L
 from filelock import FileLock
+
+from lightning_seq.utils import run_dir
 
 
 def default_cache_dir(cache_dir: str | None = None) -> Path:
@@ -51,3 +55,41 @@ def replace_folder(final: Path, write: Callable[[Path], None]) -> None:
         os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class CachedDataModule(L.LightningDataModule):
+    """A DataModule whose source is read and tokenized once into ``cache_root/CACHE_KIND/cache_key``.
+
+    Subclasses set ``CACHE_KIND``, and in ``__init__`` ``cache_root``, ``_meta = None`` and
+    ``cache_hit = None``; they define ``cache_key`` and ``_write_cache(folder)``, which must write
+    ``meta.json`` last.
+    """
+
+    CACHE_KIND: ClassVar[str]
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_root / self.CACHE_KIND / self.cache_key
+
+    @property
+    def meta(self) -> dict:
+        """The cached data's description; builds the cache on first use (safe across processes)."""
+        if self._meta is None:
+            self.prepare_data()
+            self._meta = json.loads((self.cache_path / "meta.json").read_text())
+        return self._meta
+
+    def prepare_data(self) -> None:
+        """Read and tokenize the source into the cache, unless it is there already."""
+        hit = build_once(self.cache_path, self._write_cache)
+        self.cache_hit = hit if self.cache_hit is None else self.cache_hit and hit
+
+    def copy_to_run(self, stage: str, files: dict[str, str]) -> None:
+        """At the start of a fit, rank zero copies cached files (``{cached name: name in the run}``, the
+        tokenizers) into the run folder, so that checkpoints and predictions can find them there."""
+        trainer = self.trainer
+        if stage == "fit" and trainer is not None and trainer.is_global_zero:
+            folder = run_dir(trainer)
+            folder.mkdir(parents=True, exist_ok=True)
+            for cached, name in files.items():
+                shutil.copyfile(self.cache_path / cached, folder / name)

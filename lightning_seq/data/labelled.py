@@ -30,25 +30,23 @@ Tokenization happens once: the tokenizer, the token ids and the labels of each s
 
 import json
 import re
-import shutil
 from dataclasses import asdict
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_seq.data import embedded_tasks, sources
-from lightning_seq.data.cache import build_once, default_cache_dir, key_of
+from lightning_seq.data.cache import CachedDataModule, default_cache_dir, key_of
 from lightning_seq.data.ragged import Ragged, id_dtype, pad, write_ragged
 from lightning_seq.data.resumable import batched_loader, rank_and_world
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, encode_texts, special_ids
 from lightning_seq.errors import InputError
-from lightning_seq.utils import plain_hparams, run_dir
+from lightning_seq.utils import plain_hparams
 
 CACHE_VERSION = 1
 IGNORE = -100  # the label of padding and of continuation sub-tokens (cross-entropy's ignore_index)
@@ -96,7 +94,7 @@ def collate_labelled(items: list, pad_id: int) -> dict[str, torch.Tensor]:
     return {"tokens": tokens, "labels": torch.as_tensor(np.asarray(labels, dtype=np.int64))}
 
 
-class LabelledTextDataModule(L.LightningDataModule):
+class LabelledTextDataModule(CachedDataModule):
     """Text classification and tagging data from embedded data, local files or a Hugging Face dataset.
 
     Args:
@@ -128,6 +126,8 @@ class LabelledTextDataModule(L.LightningDataModule):
         inputs: texts to label in ``lightning predict`` (for ``tag``: strings split on whitespace, or
             lists of words); default a few examples.
     """
+
+    CACHE_KIND = "labelled"
 
     def __init__(
         self,
@@ -236,23 +236,6 @@ class LabelledTextDataModule(L.LightningDataModule):
             "max_length": self.max_length,
         }
         return key_of(ident)
-
-    @property
-    def cache_path(self) -> Path:
-        return self.cache_root / "labelled" / self.cache_key
-
-    @property
-    def meta(self) -> dict:
-        """The cached data's description; builds the cache on first use (safe across processes)."""
-        if self._meta is None:
-            self.prepare_data()
-            self._meta = json.loads((self.cache_path / "meta.json").read_text())
-        return self._meta
-
-    def prepare_data(self) -> None:
-        """Read and tokenize the examples into the cache, unless they are there already."""
-        hit = build_once(self.cache_path, self._write_cache)
-        self.cache_hit = hit if self.cache_hit is None else self.cache_hit and hit
 
     def read_examples(self) -> tuple[dict[str, list[Example]], list[str] | None]:
         """The checked ``(where, text or words, label or tags)`` examples of each split (labels as
@@ -405,11 +388,7 @@ class LabelledTextDataModule(L.LightningDataModule):
                 f"than one batch of {self.batch_size} x {world} devices. "
                 "Fix: lower data.batch_size or add data."
             )
-        trainer = self.trainer
-        if stage == "fit" and trainer is not None and trainer.is_global_zero:
-            folder = run_dir(trainer)
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.cache_path / "tokenizer.json", folder / "tokenizer.json")
+        self.copy_to_run(stage, {"tokenizer.json": "tokenizer.json"})
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         collate = partial(collate_labelled, pad_id=self.pad_id)

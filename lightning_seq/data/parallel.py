@@ -24,26 +24,24 @@ Tokenization happens once: the tokenizers and the token ids of each split are wr
 """
 
 import json
-import shutil
 import warnings
 from dataclasses import asdict
 from functools import cached_property, partial
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset
 
 from lightning_seq.data import embedded_tasks, sources
-from lightning_seq.data.cache import build_once, default_cache_dir, key_of
+from lightning_seq.data.cache import CachedDataModule, default_cache_dir, key_of
 from lightning_seq.data.ragged import Ragged, id_dtype, pad, write_ragged
 from lightning_seq.data.resumable import batched_loader, rank_and_world
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, encode_texts, special_ids
 from lightning_seq.errors import InputError
-from lightning_seq.utils import plain_hparams, run_dir
+from lightning_seq.utils import plain_hparams
 
 CACHE_VERSION = 1
 PAIR_FORMATS = {".tsv": "tsv", ".jsonl": "json", ".json": "json", ".parquet": "parquet"}
@@ -70,7 +68,7 @@ def collate_pairs(items: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> di
     return {"src": pad([s for s, _ in items], pad_id), "tgt": pad([t for _, t in items], pad_id)}
 
 
-class ParallelTextDataModule(L.LightningDataModule):
+class ParallelTextDataModule(CachedDataModule):
     """Translation data from the embedded number words, local TSV/JSONL files or a Hugging Face dataset.
 
     Args:
@@ -105,6 +103,8 @@ class ParallelTextDataModule(L.LightningDataModule):
             ``~/.cache/lightning_seq``.
         inputs: source sentences to translate in ``lightning predict``; default a few examples.
     """
+
+    CACHE_KIND = "parallel"
 
     def __init__(
         self,
@@ -252,23 +252,6 @@ class ParallelTextDataModule(L.LightningDataModule):
         }
         return key_of(ident)
 
-    @property
-    def cache_path(self) -> Path:
-        return self.cache_root / "parallel" / self.cache_key
-
-    @property
-    def meta(self) -> dict:
-        """The cached data's description; builds the cache on first use (safe across processes)."""
-        if self._meta is None:
-            self.prepare_data()
-            self._meta = json.loads((self.cache_path / "meta.json").read_text())
-        return self._meta
-
-    def prepare_data(self) -> None:
-        """Read and tokenize the pairs into the cache, unless they are there already."""
-        hit = build_once(self.cache_path, self._write_cache)
-        self.cache_hit = hit if self.cache_hit is None else self.cache_hit and hit
-
     def read_pairs(self) -> dict[str, list[Pair]]:
         """The ``(source, target)`` text pairs of each split, checked (no tokenization)."""
         if self.embedded:
@@ -402,12 +385,9 @@ class ParallelTextDataModule(L.LightningDataModule):
                 f"data.batch_size: the train split has {self.meta['num_pairs']['train']} pairs, fewer than "
                 f"one batch of {self.batch_size} x {world} devices. Fix: lower data.batch_size or add pairs."
             )
-        trainer = self.trainer
-        if stage == "fit" and trainer is not None and trainer.is_global_zero:
-            folder = run_dir(trainer)
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.cache_path / "tgt_tokenizer.json", folder / "tokenizer.json")
-            shutil.copyfile(self.cache_path / "src_tokenizer.json", folder / "src_tokenizer.json")
+        self.copy_to_run(
+            stage, {"tgt_tokenizer.json": "tokenizer.json", "src_tokenizer.json": "src_tokenizer.json"}
+        )
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return batched_loader(self, self.dataset(split), shuffle, partial(collate_pairs, pad_id=self.pad_id))

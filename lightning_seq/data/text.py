@@ -18,25 +18,23 @@ memory-mapped by later runs, which do not read the source again.
 
 import json
 import math
-import shutil
 import warnings
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-import lightning as L
 import numpy as np
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from lightning_seq.data import sources
-from lightning_seq.data.cache import build_once, default_cache_dir, key_of
+from lightning_seq.data.cache import CachedDataModule, default_cache_dir, key_of
 from lightning_seq.data.resumable import ResumableLoader, batched_loader, rank_and_world, trainer_epoch
 from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, special_ids
 from lightning_seq.errors import InputError
-from lightning_seq.utils import plain_hparams, run_dir
+from lightning_seq.utils import plain_hparams
 
 CACHE_VERSION = 1
 
@@ -121,7 +119,7 @@ class TokenWindows(Dataset):
         return torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(CachedDataModule):
     """Language-modelling data from the embedded corpus, local files or a Hugging Face dataset.
 
     Args:
@@ -145,6 +143,8 @@ class TextDataModule(L.LightningDataModule):
             ``~/.cache/lightning_seq``.
         prompts: texts to continue in ``lightning predict``.
     """
+
+    CACHE_KIND = "text"
 
     def __init__(
         self,
@@ -234,23 +234,6 @@ class TextDataModule(L.LightningDataModule):
         }
         return key_of(ident)
 
-    @property
-    def cache_path(self) -> Path:
-        return self.cache_root / "text" / self.cache_key
-
-    @property
-    def meta(self) -> dict:
-        """The cached corpus's description; builds the cache on first use (safe across processes)."""
-        if self._meta is None:
-            self.prepare_data()
-            self._meta = json.loads((self.cache_path / "meta.json").read_text())
-        return self._meta
-
-    def prepare_data(self) -> None:
-        """Read and tokenize the source into the cache, unless it is there already."""
-        hit = build_once(self.cache_path, self._write_cache)
-        self.cache_hit = hit if self.cache_hit is None else self.cache_hit and hit
-
     def _write_cache(self, out: Path) -> None:
         corpus = sources.read_corpus(
             self.source,
@@ -295,11 +278,7 @@ class TextDataModule(L.LightningDataModule):
         splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ()}[stage]
         for split in splits:
             self._check_length(split)
-        trainer = self.trainer
-        if stage == "fit" and trainer is not None and trainer.is_global_zero:
-            folder = run_dir(trainer)
-            folder.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.cache_path / "tokenizer.json", folder / "tokenizer.json")
+        self.copy_to_run(stage, {"tokenizer.json": "tokenizer.json"})
 
     def _check_length(self, split: str) -> None:
         n = len(self.tokens(split))
