@@ -28,6 +28,14 @@ def class_folders(
     return root
 
 
+def loose_images(root: Path, count: int = 12, folder: str = "", grey: bool = False, size: int = 24) -> Path:
+    """``root/<folder>/<i>.png``: unlabelled random images, no class folders."""
+    rng = np.random.default_rng(count + len(folder))
+    for i in range(count):
+        save_image(root / folder / f"{i}.png", random_image(rng, size, size, grey))
+    return root
+
+
 def write_hub_layout(root: Path, grey: bool) -> None:
     """A dataset folder as on the Hugging Face hub (like mnist or cifar10): parquet shards whose image column
     holds PNG bytes, and a ClassLabel column."""

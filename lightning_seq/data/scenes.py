@@ -8,22 +8,22 @@ size or described again without its image. Pure PIL and numpy: no torch, no Ligh
 >>> describe(scene)  # doctest: +SKIP
 'a small red star on the left'
 
-:func:`write_scene_dataset` writes train/validation/test splits as a Hugging Face ``imagefolder``
+:func:`write_scene_dataset` writes train/val/test splits as a Hugging Face ``imagefolder``
 (PNG files and a ``metadata.jsonl`` per split), the format real image folders come in.
 """
 
 import json
 import math
-import os
 import random
 from dataclasses import asdict, dataclass
-from multiprocessing import get_all_start_methods, get_context
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from lightning_seq.data.cache import replace_folder
+from lightning_seq.data.scan import cpu_count, start_method
 
 #: Bumped whenever the same ``(seed, index)`` would give a different scene or image.
 GENERATOR_VERSION = 1
@@ -42,7 +42,10 @@ COLORS = {
 }
 
 #: Scene index offset of each split, so that splits never share a scene.
-SPLIT_OFFSETS = {"train": 0, "validation": 1_000_000_000, "test": 2_000_000_000}
+SPLIT_OFFSETS = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
+
+#: The side of one object, as fractions ``(low, high)`` of the image side, when it is alone in its scene.
+OBJECT_SIZE = (0.3, 0.75)
 
 SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled: antialiased edges
 
@@ -92,22 +95,37 @@ class Scene:
 
 
 def make_scene(
-    seed: int, index: int, image_size: int = 32, min_objects: int = 1, max_objects: int = 1
+    seed: int,
+    index: int,
+    image_size: int = 32,
+    min_objects: int = 1,
+    max_objects: int = 1,
+    object_size: tuple[float, float] | None = None,
 ) -> Scene:
     """The scene numbered ``index`` of the collection ``seed``; the same arguments give the same scene.
 
-    Objects take 30-75% of the image side when alone (10-24 px at 32 px), less when there are
-    several, lie wholly inside the image and overlap little.
+    Objects take ``object_size`` of the image side when alone (default :data:`OBJECT_SIZE`, 30-75%:
+    10-24 px at 32 px), ``1 / sqrt(n)`` of that when there are ``n``, at least 5 px; they lie wholly
+    inside the image and overlap little.
+
+    Args:
+        seed: the scene collection.
+        index: the scene's number in it.
+        image_size: side of the image, at least 16 pixels.
+        min_objects: fewest objects.
+        max_objects: most objects.
+        object_size: ``(low, high)`` fractions of the image side, ``0 < low <= high <= 0.9``.
     """
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16, got {image_size}")
     if not 1 <= min_objects <= max_objects:
         raise ValueError(f"expected 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    low, high = check_object_size(object_size)
     rng = random.Random(f"{seed}-{index}")  # str seeds are hashed with SHA-512: stable across runs
     count = rng.randint(min_objects, max_objects)
     background = tuple(rng.randint(10, 75) for _ in range(3))
     scale = 1.0 if count == 1 else 1 / math.sqrt(count)
-    lo, hi = max(5, round(0.3 * image_size * scale)), max(6, round(0.75 * image_size * scale))
+    lo, hi = max(5, round(low * image_size * scale)), max(6, round(high * image_size * scale))
     objects: list[SceneObject] = []
     for _ in range(count):
         shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
@@ -121,6 +139,20 @@ def make_scene(
         objects.append(SceneObject(shape, color, size, x, y))
     gradient = (rng.uniform(-20, 20), rng.uniform(-20, 20))
     return Scene(objects, background, image_size, rng.getrandbits(63), gradient)
+
+
+def check_object_size(object_size: tuple[float, float] | None) -> tuple[float, float]:
+    """``object_size`` as a ``(low, high)`` pair (None: :data:`OBJECT_SIZE`).
+
+    Raises:
+        ValueError: not two fractions with ``0 < low <= high <= 0.9``.
+    """
+    if object_size is None:
+        return OBJECT_SIZE
+    values = tuple(float(v) for v in object_size)
+    if len(values) != 2 or not 0.0 < values[0] <= values[1] <= 0.9:
+        raise ValueError(f"expected object_size [low, high] with 0 < low <= high <= 0.9, got {list(values)}")
+    return values  # type: ignore[return-value]
 
 
 def render(scene: Scene, image_size: int | None = None) -> Image.Image:
@@ -244,6 +276,7 @@ def write_scene_dataset(
     min_objects: int = 1,
     max_objects: int = 1,
     processes: int | None = None,
+    object_size: tuple[float, float] | None = None,
 ) -> None:
     """Write scenes as a Hugging Face ``imagefolder``: ``root/<split>/<index:06d>.png`` + ``metadata.jsonl``.
 
@@ -253,18 +286,18 @@ def write_scene_dataset(
     Args:
         root: the dataset folder; replaced if it exists.
         image_size: side of the images in pixels.
-        sizes: images per split, e.g. ``{"train": 12000, "validation": 2000, "test": 2000}``.
+        sizes: images per split (``train``, ``val``, ``test``), e.g.
+            ``{"train": 12000, "val": 2000, "test": 2000}``.
         seed: the scene collection.
         min_objects: fewest objects per scene.
         max_objects: most objects per scene.
         processes: worker processes drawing images (default: one per CPU, at most 8).
+        object_size: one object's side as fractions of the image side (see :func:`make_scene`).
     """
-    unknown = set(sizes) - set(SPLIT_OFFSETS)
-    if unknown:
-        raise ValueError(f"unknown split(s) {sorted(unknown)}; expected {', '.join(SPLIT_OFFSETS)}")
+    _check_splits(sizes)
 
     def fill(folder: Path) -> None:
-        fill_scene_folder(folder, image_size, sizes, seed, min_objects, max_objects, processes)
+        fill_scene_folder(folder, image_size, sizes, seed, min_objects, max_objects, processes, object_size)
 
     replace_folder(Path(root), fill)
 
@@ -277,16 +310,18 @@ def fill_scene_folder(
     min_objects: int = 1,
     max_objects: int = 1,
     processes: int | None = None,
+    object_size: tuple[float, float] | None = None,
 ) -> None:
     """Write the scenes into the existing empty ``folder``; :func:`write_scene_dataset` without the rename."""
+    _check_splits(sizes)
     folder = Path(folder)
     jobs = []
     for split, count in sizes.items():
         (folder / split).mkdir()
         for start in range(0, count, 500):
-            stop = min(count, start + 500)
-            job = (folder / split, split, range(start, stop), image_size, seed, min_objects, max_objects)
-            jobs.append(job)
+            numbers = range(start, min(count, start + 500))
+            settings = (image_size, seed, min_objects, max_objects, object_size)
+            jobs.append((folder / split, split, numbers, *settings))
     records: dict[str, list[dict]] = {split: [] for split in sizes}
     processes = processes or cpu_count()
     if processes > 1 and len(jobs) > 1:
@@ -301,27 +336,19 @@ def fill_scene_folder(
             f.writelines(json.dumps(line) + "\n" for line in lines)
 
 
+def _check_splits(sizes: dict[str, int]) -> None:
+    unknown = set(sizes) - set(SPLIT_OFFSETS)
+    if unknown:
+        raise ValueError(f"unknown split(s) {sorted(unknown)}; expected {', '.join(SPLIT_OFFSETS)}")
+
+
 def _write_chunk(job) -> tuple[str, list[dict]]:
-    folder, split, numbers, image_size, seed, min_objects, max_objects = job
+    folder, split, numbers, image_size, seed, min_objects, max_objects, object_size = job
     records = []
     for i in numbers:
         index = SPLIT_OFFSETS[split] + i
-        scene = make_scene(seed, index, image_size, min_objects, max_objects)
+        scene = make_scene(seed, index, image_size, min_objects, max_objects, object_size)
         name = f"{i:06d}.png"
         render(scene).save(folder / name, compress_level=1)
         records.append(scene_record(scene, name, index))
     return split, records
-
-
-# ------------------------------------------------------------------------------------- worker pools
-def cpu_count() -> int:
-    """Worker processes for a pool: the CPUs this process may run on, at most 8."""
-    try:
-        return min(8, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return min(8, os.cpu_count() or 1)
-
-
-def start_method() -> str:
-    """``fork`` where the platform has it (fast, nothing to re-import), else ``spawn``."""
-    return "fork" if "fork" in get_all_start_methods() else "spawn"

@@ -25,7 +25,9 @@ from pathlib import Path
 from lightning_seq.data.embedded import PYDOC_SOURCE, pydoc_fingerprint, pydoc_topics
 from lightning_seq.errors import InputError
 
+#: The split names used across data/ (files, caches, loaders): always ``val``, never ``validation``.
 SPLITS = ("train", "val", "test")
+#: The names other people's folders, files and hub datasets give the splits, read as ours.
 SPLIT_ALIASES = {
     "train": ("train", "training"),
     "val": ("validation", "valid", "val", "dev"),

@@ -1,20 +1,26 @@
+import hashlib
 import io
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
-from imagefiles import class_folders, random_image, save_image, write_hub_layout
+from imagefiles import class_folders, loose_images, random_image, save_image, write_hub_layout
 from PIL import Image
 
+from lightning_seq.data import scenes
 from lightning_seq.data.augment import ImageAugment
-from lightning_seq.data.images import ImageDataModule, decode_image, is_grey, open_image
+from lightning_seq.data.decode import decode_image, is_grey, open_image
+from lightning_seq.data.images import ImageDataModule
+from lightning_seq.data.pixels import from_uint8
 from lightning_seq.data.scenes import COLORS, SHAPES
 from lightning_seq.errors import InputError
 
 SMALL = {"num_train": 200, "num_val": 40, "num_test": 40, "batch_size": 32, "num_workers": 0}
+NO_AUGMENT = ImageAugment(crop_scale=None, hflip=False)
 
 
 def metadata_of(folder: Path) -> dict[str, dict]:
@@ -31,7 +37,7 @@ def test_embedded_shapes_give_uint8_batches_with_labels_from_the_metadata():
     assert batch["image"].shape == (32, 3, 32, 32) and batch["image"].dtype == torch.uint8
     assert batch["label"].shape == (32,) and batch["label"].dtype == torch.int64
 
-    for split, folder, count in (("train", "train", 200), ("val", "validation", 40), ("test", "test", 40)):
+    for split, folder, count in (("train", "train", 200), ("val", "val", 40), ("test", "test", 40)):
         items = dm.split_dataset(split)
         assert len(items) == count
         records = metadata_of(dm.scenes_path / folder)
@@ -50,10 +56,87 @@ def test_embedded_shapes_labelled_by_colour():
     assert [records[Path(p).name]["color"] for p in items.images] == [dm.classes[y] for y in items.labels]
 
 
-def test_embedded_shapes_at_64_pixels():
-    dm = ImageDataModule(image_size=64, num_train=24, num_val=8, num_test=8, batch_size=8, num_workers=0)
+@pytest.mark.parametrize("image_size", [16, 28, 64])
+def test_embedded_shapes_at_other_sizes(image_size):
+    dm = ImageDataModule(
+        image_size=image_size, num_train=24, num_val=8, num_test=8, batch_size=8, num_workers=0
+    )
     dm.setup("fit")
-    assert next(iter(dm.train_dataloader()))["image"].shape == (8, 3, 64, 64)
+    assert next(iter(dm.train_dataloader()))["image"].shape == (8, 3, image_size, image_size)
+    expected = np.array(scenes.render(scenes.make_scene(0, 1_000_000_002, image_size)))  # (S, S, 3)
+    assert torch.equal(dm.split_dataset("val")[2]["image"], torch.from_numpy(expected).permute(2, 0, 1))
+
+
+def test_default_scenes_are_the_images_they_always_were():
+    # Item i of a split is scene offset + i of collection 0, the offsets 0, 1e9 and 2e9 as before the
+    # splits were renamed; the pixel hashes were taken before the change: recipes' figures rest on them.
+    dm = ImageDataModule(**SMALL)
+    before = {
+        ("train", 0): "b64a37902cdcbad9",
+        ("val", 3): "f60123cd394f4d50",
+        ("test", 5): "cc8beca995d2d407",
+    }
+    for (split, i), digest in before.items():
+        offset = {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}[split]
+        scene = scenes.make_scene(0, offset + i)
+        expected = np.array(scenes.render(scene))  # (32, 32, 3)
+        items = dm.split_dataset(split)
+        assert (
+            Path(items.images[i]).name == f"{i:06d}.png" and SHAPES[items.labels[i]] == scene.objects[0].shape
+        )
+        assert torch.equal(items[i]["image"], torch.from_numpy(expected).permute(2, 0, 1))
+        assert hashlib.sha256(expected.tobytes()).hexdigest()[:16] == digest, "the embedded scenes changed"
+
+
+def test_multi_object_scenes_follow_their_settings():
+    settings = dict(min_objects=2, max_objects=3, object_size=(0.4, 0.6), image_size=64)
+    dm = ImageDataModule(**settings, num_train=24, num_val=8, num_test=8, batch_size=8, num_workers=0)
+    assert dm.scenes_path != ImageDataModule(image_size=64, num_train=24, num_val=8, num_test=8).scenes_path
+    items = dm.split_dataset("train")
+    records = metadata_of(dm.scenes_path / "train")
+    assert {len(r["objects"]) for r in records.values()} == {2, 3}
+    for i in (0, 5, 11):
+        record = records[Path(items.images[i]).name]
+        scene = scenes.make_scene(0, record["index"], 64, 2, 3, (0.4, 0.6))
+        assert record["objects"] == [asdict(o) for o in scene.objects]
+        assert SHAPES[items.labels[i]] == scene.objects[0].shape  # labelled by the first object
+        expected = torch.from_numpy(np.array(scenes.render(scene))).permute(2, 0, 1)  # (3, 64, 64)
+        assert torch.equal(items[i]["image"], expected)
+    for record in records.values():
+        n = len(record["objects"])  # n objects: 1 / sqrt(n) of the range; crowded ones may shrink to half
+        low, high = round(0.4 * 64 / np.sqrt(n)), round(0.6 * 64 / np.sqrt(n))
+        assert all(low // 2 <= o["size"] <= high for o in record["objects"])
+
+
+def test_grey_scenes_are_the_rgb_ones_converted():
+    dm = ImageDataModule(channels=1, **SMALL)
+    assert dm.in_channels == 1 and dm.mean.shape == (1,) and dm.std.shape == (1,)
+    assert dm.cache_path != ImageDataModule(**SMALL).cache_path
+    rgb = scenes.render(scenes.make_scene(0, 1_000_000_003))
+    assert torch.equal(
+        dm.split_dataset("val")[3]["image"], torch.from_numpy(np.array(rgb.convert("L")))[None]
+    )
+    grey = (
+        np.stack([np.asarray(Image.open(p).convert("L")) for p in dm.split_dataset("train").images]) / 255.0
+    )
+    assert np.allclose(dm.mean.numpy(), grey.mean(), atol=1e-6) and np.allclose(
+        dm.std.numpy(), grey.std(), atol=1e-6
+    )
+    dm.setup("fit")
+    assert next(iter(dm.train_dataloader()))["image"].shape == (32, 1, 32, 32)
+
+
+def test_28_pixel_grey_unit_variant():
+    dm = ImageDataModule(image_size=28, channels=1, pixels="unit", augment=NO_AUGMENT, **SMALL)
+    dm.setup("fit")
+    raw = next(iter(dm.train_dataloader()))
+    batch = dm.transform(dict(raw, image=raw["image"].clone()), train=True)
+    assert batch["image"].shape == (32, 1, 28, 28) and batch["image"].dtype == torch.float32
+    assert torch.equal(batch["image"], raw["image"] / 255.0) and set(batch) == {"image", "label"}
+    rgb = scenes.render(scenes.make_scene(0, 5, 28))
+    assert torch.equal(
+        dm.split_dataset("train")[5]["image"], torch.from_numpy(np.array(rgb.convert("L")))[None]
+    )
 
 
 def encoded(image: Image.Image, fmt: str, **kwargs) -> dict:
@@ -316,7 +399,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
 
 
 def test_verification_in_worker_processes_agrees_with_one_process(tmp_path):
-    from lightning_seq.data.images import SCAN_CHUNK, scan_images
+    from lightning_seq.data.scan import SCAN_CHUNK, scan_images
 
     root = class_folders(tmp_path / "many", per_class=3)
     (root / "cat" / "bad.png").write_bytes(b"not an image")
@@ -327,3 +410,210 @@ def test_verification_in_worker_processes_agrees_with_one_process(tmp_path):
     bad = files.index(str(root / "cat" / "bad.png"))
     assert [i for i, _ in one["bad"]["train"]][:2] == [bad, bad + len(files)]
     assert [i for i, _ in one["bad"]["val"]] == [bad] and not one["grey"]
+
+
+# ------------------------------------------------------------------------------- pixel conventions
+@pytest.mark.parametrize("pixels", ["unit", "symmetric", "uint8", "binary"])
+def test_batches_in_each_pixel_convention_need_no_statistics(pixels):
+    dm = ImageDataModule(pixels=pixels, mean=[9.0, 9.0], std=[-1.0], **SMALL)  # unusable: never used
+    dm.setup("fit")
+    raw = next(iter(dm.val_dataloader()))
+    batch = dm.transform(dict(raw, image=raw["image"].clone()), train=False)
+    assert torch.equal(batch["image"], from_uint8(raw["image"], pixels))
+    unit = dm.to_unit(batch["image"])
+    assert unit.dtype == torch.float32 and torch.equal(dm.denormalize(batch["image"]), unit)
+    if pixels == "binary":
+        assert torch.equal(unit, (raw["image"] >= 128).float())
+    else:
+        assert torch.allclose(unit, raw["image"] / 255.0, atol=1e-6)
+
+    train = dm.transform(dict(next(iter(dm.train_dataloader()))), train=True)  # crop + flip, in [0, 1] first
+    images = train["image"]
+    low, high = {"unit": (0, 1), "symmetric": (-1, 1), "uint8": (0, 255), "binary": (0, 1)}[pixels]
+    assert images.shape == (32, 3, 32, 32) and low <= images.min() and images.max() <= high
+    assert images.dtype == (torch.int64 if pixels == "uint8" else torch.float32)
+    if pixels == "binary":
+        assert set(images.unique().tolist()) == {0.0, 1.0}
+
+
+def test_training_augmentation_works_in_unit_space_before_the_conversion():
+    flip = ImageAugment(crop_scale=None, hflip=True)
+    dm = ImageDataModule(pixels="symmetric", augment=flip, **SMALL)
+    dm.setup("fit")
+    raw = next(iter(dm.train_dataloader()))
+    torch.manual_seed(3)
+    images = dm.transform(dict(raw, image=raw["image"].clone()), train=True)["image"]
+    unit = raw["image"] / 255.0
+    flipped = [torch.allclose(a, b.flip(-1) * 2 - 1, atol=1e-6) for a, b in zip(images, unit, strict=True)]
+    kept = [torch.allclose(a, b * 2 - 1, atol=1e-6) for a, b in zip(images, unit, strict=True)]
+    assert all(f or k for f, k in zip(flipped, kept, strict=True)) and 0 < sum(flipped) < 32
+
+    mixed = ImageDataModule(pixels="unit", augment=ImageAugment(crop_scale=None, mixup_alpha=1.0), **SMALL)
+    mixed.setup("fit")
+    batch = mixed.transform(next(iter(mixed.train_dataloader())), train=True)
+    assert batch["target"].shape == (32, 6) and batch["image"].min() >= 0.0 and batch["image"].max() <= 1.0
+
+
+class Recorder(L.LightningModule):
+    """Keeps the images of every training batch by (epoch, batch index), and every validation batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.seen: dict[tuple[int, int], torch.Tensor] = {}
+        self.val: list[dict] = []
+
+    def training_step(self, batch, batch_idx):
+        self.seen[(self.current_epoch, batch_idx)] = batch["image"].clone()
+        assert set(batch) == {"image", "label"}  # the items' index is used up
+        return self.layer(batch["image"].float().mean().view(1, 1)).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.val.append(batch)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+class SaveAt(L.Callback):
+    def __init__(self, step: int, path: Path):
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
+def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
+    defaults = dict(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
+    )  # fmt: skip
+    return L.Trainer(**{**defaults, **kwargs})
+
+
+def test_dynamic_binarisation_is_new_every_epoch_and_the_same_after_a_resume(tmp_path):
+    settings = dict(pixels="binary", binarize="dynamic", augment=NO_AUGMENT, **SMALL)
+    path = tmp_path / "middle.ckpt"
+    whole = Recorder()
+    run = dict(max_epochs=2, limit_train_batches=4, limit_val_batches=1)
+    quiet_trainer(tmp_path, callbacks=[SaveAt(6, path)], **run).fit(
+        whole, datamodule=ImageDataModule(**settings)
+    )
+    resumed = Recorder()
+    quiet_trainer(tmp_path, **run).fit(resumed, datamodule=ImageDataModule(**settings), ckpt_path=path)
+    assert sorted(resumed.seen) == [(1, 2), (1, 3)]  # the rest of epoch 1
+    for key, images in resumed.seen.items():
+        assert torch.equal(images, whole.seen[key])
+    assert all(set(v.unique().tolist()) == {0.0, 1.0} for v in whole.seen.values())
+    assert torch.equal(whole.val[0]["image"], whole.val[1]["image"])  # evaluation: the same draws each epoch
+
+    dm = ImageDataModule(**settings)
+    dm.setup("fit")
+    raw = next(iter(dm.val_dataloader()))  # items 0..31 of val, in order
+    assert torch.equal(raw["index"], torch.arange(32))
+    draws = {e: dm.transform(dict(raw), train=True, epoch=e)["image"] for e in (0, 1)}
+    assert torch.equal(draws[1], dm.transform(dict(raw), train=True, epoch=1)["image"])
+    assert (draws[0] != draws[1]).float().mean() > 0.05  # a new sample every epoch
+    assert abs(float(draws[0].mean()) - float(raw["image"].float().mean() / 255)) < 0.01  # mean = intensity
+
+
+def test_unlabelled_embedded_scenes_give_images_only(tmp_path):
+    dm = ImageDataModule(labels="none", pixels="symmetric", augment=NO_AUGMENT, **SMALL)
+    assert not hasattr(dm, "num_classes") and not hasattr(dm, "classes")
+    assert (dm.in_channels, dm.image_size, dm.pixels) == (3, 32, "symmetric")
+
+    class Images(Recorder):
+        def training_step(self, batch, batch_idx):
+            assert set(batch) == {"image"} and batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+            return self.layer(batch["image"].mean().view(1, 1)).sum()
+
+    model = Images()
+    run = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
+    run.fit(model, datamodule=dm)
+    assert set(model.val[0]) == {"image"}
+    path = tmp_path / "unlabelled.ckpt"
+    run.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["ImageDataModule"]
+    assert {k: state[k] for k in ("labels", "pixels", "in_channels", "image_size", "classes")} == {
+        "labels": "none", "pixels": "symmetric", "in_channels": 3, "image_size": 32, "classes": None,
+    }  # fmt: skip
+    assert state["mean"] == dm.mean.tolist() and len(state["std"]) == 3
+    restored = ImageDataModule.load_from_checkpoint(path)
+    assert restored.labels == "none" and not hasattr(restored, "classes")
+    labelled = ImageDataModule(**SMALL)
+    with pytest.raises(InputError, match=r"data\.labels: the checkpoint was trained with labels 'none'"):
+        labelled.load_state_dict(state)
+    assert dm.split_dataset("val")[3]["image"].shape == (3, 32, 32) and labelled.cache_key != dm.cache_key
+
+
+@pytest.mark.parametrize("layout", ["loose", "split folders", "class folders"])
+def test_unlabelled_folders(tmp_path, layout):
+    root = tmp_path / "pictures"
+    if layout == "loose":
+        loose_images(root, 20)
+        loose_images(root, 2, folder="holiday/beach")  # at any depth
+    elif layout == "split folders":
+        loose_images(root, 12, folder="train")
+        loose_images(root, 4, folder="valid")
+        loose_images(root, 3, folder="test/more")
+    else:
+        class_folders(root)  # 18 labelled images, used unlabelled
+    dm = ImageDataModule(dataset=str(root), labels="none", image_size=16, batch_size=4, num_workers=0)
+    assert not hasattr(dm, "num_classes") and not hasattr(dm, "classes") and dm.in_channels == 3
+    sizes = {s: len(dm.split_dataset(s)) for s in ("train", "val", "test")}
+    assert (
+        sizes
+        == {
+            "loose": {"train": 20, "val": 2, "test": 2},
+            "split folders": {"train": 12, "val": 4, "test": 3},
+            "class folders": {"train": 16, "val": 2, "test": 2},
+        }[layout]
+    )
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) == {"image"} and batch["image"].shape == (4, 3, 16, 16)
+    assert dm.meta["classes"] is None and dm.state_dict()["classes"] is None
+    if layout != "class folders":
+        with pytest.raises(InputError, match=r"not in a class folder.*data\.labels: none"):
+            ImageDataModule(dataset=str(root), image_size=16).prepare_data()
+
+
+def test_unlabelled_hub_dataset_keeps_every_split(tmp_path):
+    root = tmp_path / "hubby"
+    write_hub_layout(root, grey=True)
+    dm = ImageDataModule(dataset=str(root), labels="none", image_size=28, batch_size=8, num_workers=0)
+    assert dm.meta["label_column"] is None and dm.in_channels == 1
+    assert len(dm.split_dataset("test")) == 9
+    dm.setup("fit")
+    assert set(next(iter(dm.train_dataloader()))) == {"image"}
+
+
+def test_checkpoint_state_says_how_the_model_is_fed():
+    dm = ImageDataModule(**SMALL)
+    state = dm.state_dict()
+    assert state["classes"] == list(SHAPES) and state["labels"] == "class"
+    assert (state["pixels"], state["image_size"], state["in_channels"]) == ("normalized", 32, 3)
+    assert state["mean"] == dm.mean.tolist() and state["std"] == dm.std.tolist()
+    dm.load_state_dict({"cache_key": state["cache_key"], "classes": list(SHAPES)})  # an older checkpoint
+    with pytest.raises(InputError, match=r"data\.pixels: the checkpoint was trained with pixels 'unit'"):
+        dm.load_state_dict({**state, "pixels": "unit"})
+    with pytest.raises(InputError, match=r"data\.channels: .* in_channels 1"):
+        dm.load_state_dict({**state, "in_channels": 1})
+
+
+def test_bad_new_settings_are_clear_errors():
+    for kwargs, message in (
+        ({"pixels": "rgb"}, r"data\.pixels: expected 'normalized' or 'unit' or .*got 'rgb'"),
+        ({"binarize": "sometimes"}, r"data\.binarize: expected 'static' or 'dynamic'"),
+        ({"channels": 2}, r"data\.channels: expected None or 1 or 3, got 2"),
+        ({"labels": "maybe"}, r"data\.labels: expected 'class' or 'none'"),
+        ({"min_objects": 3, "max_objects": 2}, r"data\.max_objects: expected at least min_objects \(3\)"),
+        ({"min_objects": 0}, r"data\.min_objects: expected a positive integer"),
+        ({"object_size": [0.5, 0.95]}, r"data\.object_size: .*0 < low <= high <= 0\.9"),
+        ({"image_size": 12}, r"data\.image_size: the embedded scenes are at least 16 pixels"),
+        ({"labels": "none", "augment": ImageAugment(cutmix_alpha=1.0)}, r"data\.augment: MixUp and CutMix"),
+        ({"labels": "none", "classes": ["a", "b"]}, r"data\.classes: class names were given"),
+    ):
+        with pytest.raises(InputError, match=message):
+            ImageDataModule(**kwargs)

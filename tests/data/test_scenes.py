@@ -107,26 +107,26 @@ def test_written_dataset_is_an_imagefolder_that_loads_back(tmp_path):
     import datasets
 
     root = tmp_path / "scenes"
-    write_scene_dataset(root, 32, {"train": 12, "validation": 5, "test": 4}, seed=7, max_objects=2)
+    write_scene_dataset(root, 32, {"train": 12, "val": 5, "test": 4}, seed=7, max_objects=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scenes"]  # no temporary folder left
     records = {}
-    for split, count in (("train", 12), ("validation", 5), ("test", 4)):
+    for split, count in (("train", 12), ("val", 5), ("test", 4)):
         lines = (root / split / "metadata.jsonl").read_text().splitlines()
         assert len(lines) == count == len(list((root / split).glob("*.png")))
         records[split] = [json.loads(line) for line in lines]
     indices = [{r["index"] for r in rs} for rs in records.values()]
     assert not (indices[0] & indices[1] or indices[0] & indices[2] or indices[1] & indices[2])
 
-    first = records["validation"][2]
-    assert first["file_name"] == "000002.png" and first["index"] == SPLIT_OFFSETS["validation"] + 2
+    first = records["val"][2]
+    assert first["file_name"] == "000002.png" and first["index"] == SPLIT_OFFSETS["val"] + 2
     scene = make_scene(7, first["index"], 32, 1, 2)
     assert first["shape"] == scene.objects[0].shape and first["color"] == scene.objects[0].color
     assert first["objects"] == [asdict(o) for o in scene.objects]
-    on_disk = np.asarray(Image.open(root / "validation" / "000002.png"))
+    on_disk = np.asarray(Image.open(root / "val" / "000002.png"))
     assert np.array_equal(on_disk, np.asarray(render(scene)))  # PNG is lossless
 
     dsd = datasets.load_dataset("imagefolder", data_dir=str(root))
-    assert set(dsd) == {"train", "validation", "test"}
+    assert set(dsd) == {"train", "validation", "test"}  # Hugging Face's name for the val/ folder
     assert dsd["train"].num_rows == 12
     row = dsd["validation"][2]
     assert row["caption"] == first["caption"] and row["shape"] == first["shape"]
@@ -150,3 +150,28 @@ def test_parallel_writing_gives_the_same_dataset(tmp_path):
         assert (one / "metadata.jsonl").read_text() == (two / "metadata.jsonl").read_text()
     for name in ("000000.png", "000509.png"):
         assert (tmp_path / "one/train" / name).read_bytes() == (tmp_path / "two/train" / name).read_bytes()
+
+
+def test_split_offsets_keep_their_values():
+    # The embedded images of every split depend on these numbers: recipes' figures rest on them.
+    assert SPLIT_OFFSETS == {"train": 0, "val": 1_000_000_000, "test": 2_000_000_000}
+
+
+def test_object_size_sets_the_range_of_the_shapes():
+    default = [make_scene(0, i) for i in range(30)]
+    assert default == [make_scene(0, i, object_size=(0.3, 0.75)) for i in range(30)]
+    for image_size in (16, 28, 32, 64):
+        sizes = [make_scene(0, i, image_size, object_size=(0.5, 0.6)).objects[0].size for i in range(60)]
+        assert min(sizes) >= max(5, round(0.5 * image_size)) and max(sizes) <= max(6, round(0.6 * image_size))
+        scene = make_scene(0, 1, image_size, object_size=(0.85, 0.9))
+        left, top, right, bottom = scene.objects[0].bbox
+        assert min(left, top) >= 0 and max(right, bottom) <= image_size  # still inside the image
+    with pytest.raises(ValueError, match="object_size"):
+        make_scene(0, 0, object_size=(0.6, 0.5))
+    with pytest.raises(ValueError, match="object_size"):
+        make_scene(0, 0, object_size=(0.5, 1.0))
+
+
+def test_unknown_split_names_are_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown split\(s\) \['validation'\]"):
+        write_scene_dataset(tmp_path / "scenes", 16, {"train": 2, "validation": 2}, seed=0)
