@@ -90,7 +90,7 @@ def language_model_checkpoint(corpus_file: Path, folder: Path) -> tuple[Path, Tr
     and its net."""
     torch.manual_seed(0)
     dm = TextDataModule(source=str(corpus_file), batch_size=8, block_size=32)
-    lm = LanguageModel(TransformerLM.from_preset("tiny", dm.vocab_size))
+    lm = LanguageModel(TransformerLM.from_preset("nano", dm.vocab_size))
     run = L.Trainer(
         max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, limit_val_batches=1, default_root_dir=folder,

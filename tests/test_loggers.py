@@ -184,7 +184,7 @@ def tiny_lm(corpus_file: Path) -> tuple[LanguageModel, TextDataModule]:
     """A tiny LSTM language model and its data, built in Python (no CLI config)."""
     dm = TextDataModule(source=str(corpus_file), batch_size=8, block_size=32)
     model = LanguageModel(
-        RNNLM.from_preset("tiny", dm.vocab_size), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        RNNLM.from_preset("nano", dm.vocab_size), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
         warmup_steps=3, carry_state=True,
     )  # fmt: skip
     return model, dm

@@ -59,7 +59,7 @@ def test_subclass_example_runs():
     exec(compile(code, "README.md", "exec"), namespace)
     from lightning_seq.nets import RNNLM
 
-    model = namespace["LabelSmoothedLM"](RNNLM.from_preset("tiny", 10), pad_id=0)
+    model = namespace["LabelSmoothedLM"](RNNLM.from_preset("nano", 10), pad_id=0)
     tokens = torch.randint(1, 10, (2, 9))
     out = model._step(tokens, "val")
     assert out["num_tokens"] == 16 and torch.isfinite(out["loss"])

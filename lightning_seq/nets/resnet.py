@@ -105,6 +105,7 @@ class ResNet(Presets, nn.Module):
         se_reduction: SE bottleneck reduction.
         stem: ``"cifar"`` or ``"imagenet"``.
         dropout: Dropout before the linear head.
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -124,6 +125,7 @@ class ResNet(Presets, nn.Module):
         se_reduction: int = 16,
         stem: Literal["cifar", "imagenet"] = "cifar",
         dropout: float = 0.0,
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         if len(widths) != len(depths):

@@ -41,10 +41,11 @@ class RNNLM(Presets, nn.Module):
         tie_weights: Share the embedding matrix with the output layer.
         impl: ``"fused"`` (``nn.LSTM`` etc., the default) or ``"explicit"`` (step-by-step cells);
             both use the same parameters and ``state_dict``.
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"cell": "lstm", "embed_dim": 16, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+        "nano": {"cell": "lstm", "embed_dim": 16, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
         "small": {
             "cell": "lstm",
             "embed_dim": 256,
@@ -73,6 +74,7 @@ class RNNLM(Presets, nn.Module):
         dropout: float = 0.2,
         tie_weights: bool = False,
         impl: Literal["fused", "explicit"] = "fused",
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         for field, value in (("vocab_size", vocab_size), ("embed_dim", embed_dim)):

@@ -160,10 +160,11 @@ class RNNSeq2Seq(Presets, nn.Module):
         tie_weights: Share the target embedding with the output layer (``W_c`` then maps to ``embed_dim``).
         pad_id: Source padding id, for the default ``src_mask``.
         impl: ``"fused"`` (``nn.LSTM`` etc.) or ``"explicit"`` recurrent layers, same parameters.
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"cell": "gru", "embed_dim": 16, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+        "nano": {"cell": "gru", "embed_dim": 16, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
         "small": {"cell": "lstm", "embed_dim": 256, "hidden_size": 256, "num_layers": 2, "dropout": 0.2},
         # RNNsearch (Bahdanau et al., 2015): GRU, 620-dim embeddings, 1000 hidden units per direction
         "base": {"cell": "gru", "embed_dim": 620, "hidden_size": 1000, "num_layers": 1, "dropout": 0.2},
@@ -183,6 +184,7 @@ class RNNSeq2Seq(Presets, nn.Module):
         tie_weights: bool = False,
         pad_id: int = 0,
         impl: Literal["fused", "explicit"] = "fused",
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         _check_positive(
@@ -287,10 +289,11 @@ class TransformerSeq2Seq(Presets, nn.Module):
             sizes must be equal).
         tie_weights: Output layer = target embedding matrix (Press & Wolf, 2017).
         pad_id: Source padding id, for the default ``src_mask``.
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {
+        "nano": {
             "dim": 32,
             "encoder_depth": 1,
             "decoder_depth": 1,
@@ -334,6 +337,7 @@ class TransformerSeq2Seq(Presets, nn.Module):
         share_embeddings: bool = False,
         tie_weights: bool = True,
         pad_id: int = 0,
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         _check_positive(

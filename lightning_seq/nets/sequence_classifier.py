@@ -12,7 +12,7 @@ The encoders keep the attribute names of the language models, so that a
 ``embedding``, ``rnn`` as :class:`~lightning_seq.nets.RNNLM`. The task heads are ``head`` (and the
 Transformer's ``cls_token``), never found in a language model.
 
-Presets: ``tiny`` (tests) and ``small`` have the shapes of the language models' presets of the same
+Presets: ``nano`` (tests) and ``small`` have the shapes of the language models' presets of the same
 name, so that such a language model initialises them; the Transformer nets add ``bert-base`` and
 ``bert-large``, the encoder shapes of BERT (Devlin et al., 2019: 12 layers of width 768 with 12
 heads, 24 / 1024 / 16; FFN 4x, learned positions up to 512, post-norm).
@@ -139,7 +139,7 @@ class _TransformerEncoderNet(Presets, nn.Module):
     no_weight_decay = ("cls_token",)  # read by the optimizer set-up
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"dim": 32, "depth": 2, "heads": 2, "dropout": 0.0, "max_len": 256},
+        "nano": {"dim": 32, "depth": 2, "heads": 2, "dropout": 0.0, "max_len": 256},
         "small": {"dim": 256, "depth": 4, "heads": 4, "dropout": 0.1, "max_len": 512},
         "bert-base": {
             "dim": 768, "depth": 12, "heads": 12, "positions": "learned", "max_len": 512,
@@ -168,6 +168,7 @@ class _TransformerEncoderNet(Presets, nn.Module):
         bias: bool = True,
         causal: bool = False,
         head_hidden: int | None = None,
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         _check(type(self).__name__, {"positions": (positions, ("sinusoidal", "learned"))})
@@ -238,6 +239,7 @@ class TransformerClassifier(_TransformerEncoderNet):
         causal: Causal self-attention, as in a language model whose weights the encoder starts from.
         pooling: ``cls``, ``mean`` or ``last`` (``cls`` needs ``causal=False``).
         head_hidden: Inner width of the MLP head; None means ``dim``.
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     def __init__(
@@ -258,6 +260,7 @@ class TransformerClassifier(_TransformerEncoderNet):
         causal: bool = False,
         pooling: Literal["cls", "mean", "last"] = "cls",
         head_hidden: int | None = None,
+        preset: str | None = None,
     ) -> None:
         super().__init__(
             vocab_size, num_classes, dim, depth, heads, mlp_ratio, dropout, attn_dropout, positions,
@@ -308,6 +311,7 @@ class TransformerTagger(_TransformerEncoderNet):
         bias: bool = True,
         causal: bool = False,
         head_hidden: int | None = None,
+        preset: str | None = None,
     ) -> None:
         super().__init__(
             vocab_size, num_classes, dim, depth, heads, mlp_ratio, dropout, attn_dropout, positions,
@@ -336,7 +340,7 @@ class _RNNEncoderNet(Presets, nn.Module):
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"cell": "lstm", "embed_dim": 16, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
+        "nano": {"cell": "lstm", "embed_dim": 16, "hidden_size": 32, "num_layers": 1, "dropout": 0.0},
         "small": {"cell": "lstm", "embed_dim": 256, "hidden_size": 256, "num_layers": 2, "dropout": 0.2},
     }
 
@@ -352,6 +356,7 @@ class _RNNEncoderNet(Presets, nn.Module):
         dropout: float = 0.1,
         head_hidden: int | None = None,
         impl: Literal["fused", "explicit"] = "fused",
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
@@ -402,6 +407,7 @@ class RNNClassifier(_RNNEncoderNet):
         dropout: Dropout on the embeddings, between recurrent layers and in the head.
         head_hidden: Inner width of the MLP head; None means the pooled width.
         impl: ``fused`` or ``explicit`` recurrent layers (same weights).
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     def __init__(
@@ -417,6 +423,7 @@ class RNNClassifier(_RNNEncoderNet):
         dropout: float = 0.1,
         head_hidden: int | None = None,
         impl: Literal["fused", "explicit"] = "fused",
+        preset: str | None = None,
     ) -> None:
         _check("RNNClassifier", {"pooling": (pooling, ("last", "mean", "max"))})
         super().__init__(

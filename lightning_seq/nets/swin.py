@@ -74,6 +74,7 @@ class Swin(Presets, nn.Module):
         dropout: Dropout after the patch embedding, on attention outputs and inside the MLPs.
         drop_path: Stochastic-depth rate of the last block.
         patch_embed: ``"conv"`` or ``"linear"`` (see :class:`PatchEmbedding`); same weights.
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -105,6 +106,7 @@ class Swin(Presets, nn.Module):
         dropout: float = 0.0,
         drop_path: float = 0.1,
         patch_embed: PatchKind = "conv",
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         if len(depths) != len(heads):

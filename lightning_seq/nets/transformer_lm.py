@@ -58,10 +58,11 @@ class TransformerLM(Presets, nn.Module):
         norm_first: Pre-norm blocks with a final layer norm (GPT-2) or post-norm blocks.
         tie_weights: Share the embedding matrix with the output layer.
         bias: Biases in the projections, FFNs and layer norms.
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"dim": 32, "depth": 2, "heads": 2, "dropout": 0.0, "max_len": 256},
+        "nano": {"dim": 32, "depth": 2, "heads": 2, "dropout": 0.0, "max_len": 256},
         "small": {"dim": 256, "depth": 4, "heads": 4, "dropout": 0.1, "max_len": 512},
         "gpt2-124M": {
             "dim": 768,
@@ -90,6 +91,7 @@ class TransformerLM(Presets, nn.Module):
         norm_first: bool = True,
         tie_weights: bool = True,
         bias: bool = True,
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         for field, value in (

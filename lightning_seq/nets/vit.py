@@ -74,6 +74,7 @@ class ViT(Presets, nn.Module):
         drop_path: Stochastic-depth rate of the last block.
         patch_embed: ``"conv"`` or ``"linear"`` (see :class:`PatchEmbedding`); same weights.
         distillation: Add the DeiT distillation token and head.
+        preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
     no_weight_decay = ("cls_token", "dist_token", "pos_embed")  # read by the optimizer set-up
@@ -100,6 +101,7 @@ class ViT(Presets, nn.Module):
         drop_path: float = 0.1,
         patch_embed: PatchKind = "conv",
         distillation: bool = False,
+        preset: str | None = None,
     ) -> None:
         super().__init__()
         grid = patch_grid("ViT", image_size, patch_size)

@@ -47,7 +47,7 @@ class Weights(L.Callback):
 
 def _fit(tmp_path, corpus_file, guard: NonFiniteLoss, bad_steps, steps=8):
     dm = TextDataModule(source=str(corpus_file), batch_size=8, block_size=32)
-    net = RNNLM.from_preset("tiny", dm.vocab_size)
+    net = RNNLM.from_preset("nano", dm.vocab_size)
     model = NaNAt(net, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), bad_steps=bad_steps)
     weights = Weights()
     trainer = L.Trainer(

@@ -67,7 +67,7 @@ def fit(
     """Train a tiny LSTM LM for a few steps (seeded), logging every step (by default) to a CSV file."""
     L.seed_everything(0)
     dm = TextDataModule(source=str(corpus_file), batch_size=8, block_size=32)
-    net = RNNLM.from_preset("tiny", dm.vocab_size, impl=impl)
+    net = RNNLM.from_preset("nano", dm.vocab_size, impl=impl)
     model = LanguageModel(net, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), warmup_steps=0)
     trainer = L.Trainer(
         max_steps=max_steps, accelerator="cpu", devices=1, logger=CSVLogger(tmp_path, name="csv"),

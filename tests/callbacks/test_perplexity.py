@@ -18,7 +18,7 @@ def make(corpus_file, block_size=100, tokenizer=None):
     """A tiny LSTM LM on the corpus in stream mode. The char val split has 1741 tokens: 217 per stream,
     so block_size=100 gives val batches of 100, 100 and 17 positions per row (uneven token counts)."""
     dm = TextDataModule(source=str(corpus_file), batch_size=8, block_size=block_size, tokenizer=tokenizer)
-    net = RNNLM.from_preset("tiny", dm.vocab_size)
+    net = RNNLM.from_preset("nano", dm.vocab_size)
     model = LanguageModel(
         net, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), warmup_steps=0, carry_state=dm.carry_state
     )
@@ -138,7 +138,7 @@ class LossOnly(LanguageModel):
 
 def test_a_step_that_returns_only_a_loss_gets_a_clear_error(tmp_path, corpus_file):
     _, dm = make(corpus_file)
-    model = LossOnly(RNNLM.from_preset("tiny", dm.vocab_size))
+    model = LossOnly(RNNLM.from_preset("nano", dm.vocab_size))
     with pytest.raises(
         InputError, match=r"module's val step must return a dict with 'nll_sum' and 'num_tokens'"
     ):

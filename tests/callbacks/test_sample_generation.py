@@ -25,7 +25,7 @@ def fit(tmp_path, corpus_file, callbacks, seed=0, **trainer_kwargs) -> tuple[L.T
     L.seed_everything(seed)
     dm = TextDataModule(source=str(corpus_file), batch_size=8, block_size=32)
     model = LanguageModel(
-        RNNLM.from_preset("tiny", dm.vocab_size), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
+        RNNLM.from_preset("nano", dm.vocab_size), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2),
         warmup_steps=0, carry_state=True,
     )  # fmt: skip
     trainer = L.Trainer(

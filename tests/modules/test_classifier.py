@@ -51,7 +51,7 @@ def module(cls, net: nn.Module, dm: LabelledTextDataModule, lr: float, **kwargs)
 def test_classifiers_learn_code_from_prose(net_cls, kwargs, steps, bound, tmp_path):
     torch.manual_seed(0)
     dm = LabelledTextDataModule(task="classify", batch_size=32, **SIZES)
-    net = net_cls.from_preset("tiny", dm.vocab_size, dm.num_classes, **kwargs)
+    net = net_cls.from_preset("nano", dm.vocab_size, dm.num_classes, **kwargs)
     model = module(SequenceClassifier, net, dm, lr=1e-2)
     run = trainer(tmp_path, steps, limit_val_batches=4)
     run.fit(model, dm)
@@ -69,7 +69,7 @@ def test_classifiers_learn_code_from_prose(net_cls, kwargs, steps, bound, tmp_pa
 def test_taggers_learn_the_kinds_of_python_tokens(net_cls, kwargs, steps, bound, tmp_path):
     torch.manual_seed(0)
     dm = LabelledTextDataModule(task="tag", batch_size=32, **SIZES)
-    net = net_cls.from_preset("tiny", dm.vocab_size, dm.num_classes, **kwargs)
+    net = net_cls.from_preset("nano", dm.vocab_size, dm.num_classes, **kwargs)
     model = module(SequenceTagger, net, dm, lr=1e-2)
     run = trainer(tmp_path, steps, limit_val_batches=4)
     run.fit(model, dm)
@@ -177,7 +177,7 @@ def language_models(animals) -> dict[str, tuple[Path, LanguageModel]]:
         torch.manual_seed(0)
         dm = TextDataModule(source=str(animals / "corpus.txt"), batch_size=8, block_size=32)
         lm = LanguageModel(
-            lm_cls.from_preset("tiny", dm.vocab_size), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2)
+            lm_cls.from_preset("nano", dm.vocab_size), optimizer=lambda p: torch.optim.Adam(p, lr=1e-2)
         )
         run = trainer(animals / family, 5, limit_val_batches=1)
         run.fit(lm, dm)
@@ -210,7 +210,7 @@ def test_fine_tuning_starts_from_the_language_models_encoder(
     assert dm.tokenizer.get_vocab() == lm.tokenizer.get_vocab()
     kwargs = {"pooling": "last", "causal": True} if family == "transformer" else {}
     torch.manual_seed(1)
-    net = LANGUAGE_MODELS[family][1].from_preset("tiny", dm.vocab_size, dm.num_classes, **kwargs)
+    net = LANGUAGE_MODELS[family][1].from_preset("nano", dm.vocab_size, dm.num_classes, **kwargs)
     model = module(SequenceClassifier, net, dm, lr=1e-2, init_from=str(path))
     start = EncoderAtStart()
     logger = logging.getLogger("lightning.pytorch")
@@ -235,12 +235,12 @@ def test_fine_tuning_starts_from_the_language_models_encoder(
 def test_fine_tuning_needs_the_language_models_vocabulary_and_family(language_models, animals):
     path, lm = language_models["transformer"]
     own = LabelledTextDataModule(task="classify", **SIZES)  # a character vocabulary of its own
-    net = TransformerClassifier.from_preset("tiny", own.vocab_size, own.num_classes)
+    net = TransformerClassifier.from_preset("nano", own.vocab_size, own.num_classes)
     message = rf"vocabulary of {lm.net.vocab_size} tokens, but this data's tokenizer has {own.vocab_size}\."
     with pytest.raises(InputError, match=rf"{message} Fix: .*tokenizer.kind={path}"):
         SequenceClassifier(net, classes=own.classes).init_encoder(path)
 
     shared = animals_data(path, animals)
-    lstm = RNNClassifier.from_preset("tiny", shared.vocab_size, shared.num_classes)  # not a Transformer
+    lstm = RNNClassifier.from_preset("nano", shared.vocab_size, shared.num_classes)  # not a Transformer
     with pytest.raises(InputError, match=r"no encoder weight of .* fits this net"):
         SequenceClassifier(lstm, classes=shared.classes).init_encoder(path)

@@ -18,7 +18,7 @@ GREEDY = GenerationConfig(strategy="greedy", max_new_tokens=40)
 
 def make(corpus_file, carry_state=True, **net_kwargs):
     dm = TextDataModule(source=str(corpus_file), batch_size=8, block_size=32)
-    net = RNNLM.from_preset("tiny", dm.vocab_size, **net_kwargs)
+    net = RNNLM.from_preset("nano", dm.vocab_size, **net_kwargs)
     model = LanguageModel(
         net, optimizer=lambda p: torch.optim.Adam(p, lr=1e-2), warmup_steps=10, carry_state=carry_state
     )
@@ -98,7 +98,7 @@ import json, torch
 from lightning_seq.modules import LanguageModel
 from lightning_seq.nets import RNNLM
 from lightning_seq.decoding import GenerationConfig
-net = RNNLM.from_preset("tiny", {dm.vocab_size})
+net = RNNLM.from_preset("nano", {dm.vocab_size})
 model = LanguageModel.load_from_checkpoint({str(ckpt)!r}, net=net)
 print(json.dumps(model.generate(["the ", "the dog"], GenerationConfig(strategy="greedy", max_new_tokens=40))))
 """
@@ -107,7 +107,7 @@ print(json.dumps(model.generate(["the ", "the dog"], GenerationConfig(strategy="
 
 
 def test_generate_needs_a_tokenizer():
-    model = LanguageModel(RNNLM.from_preset("tiny", 10))
+    model = LanguageModel(RNNLM.from_preset("nano", 10))
     with pytest.raises(Exception, match="needs a tokenizer"):
         model.generate("x")
     tokens = model.generate_tokens(torch.tensor([[1, 2, 3]]), GREEDY)

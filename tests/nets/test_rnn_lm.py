@@ -46,13 +46,13 @@ def test_tie_weights_shares_parameter(embed_dim: int, hidden_size: int) -> None:
 
 
 def test_presets() -> None:
-    assert set(RNNLM.PRESETS) >= {"tiny", "small", "base"}
-    tiny = RNNLM.from_preset("tiny", vocab_size=V)
-    assert tiny.rnn.num_layers == RNNLM.PRESETS["tiny"]["num_layers"]
-    assert tiny(torch.randint(0, V, (2, 3)))[0].shape == (2, 3, V)
-    gru = RNNLM.from_preset("tiny", vocab_size=V, cell="gru", hidden_size=20)
+    assert set(RNNLM.PRESETS) >= {"nano", "small", "base"}
+    nano = RNNLM.from_preset("nano", vocab_size=V)
+    assert nano.rnn.num_layers == RNNLM.PRESETS["nano"]["num_layers"]
+    assert nano(torch.randint(0, V, (2, 3)))[0].shape == (2, 3, V)
+    gru = RNNLM.from_preset("nano", vocab_size=V, cell="gru", hidden_size=20)
     assert gru.rnn.cell == "gru" and gru.rnn.hidden_size == 20
-    with pytest.raises(InputError, match=r"preset.*tiny, small, base"):
+    with pytest.raises(InputError, match=r"preset.*nano, small, base"):
         RNNLM.from_preset("huge", vocab_size=V)
 
 
@@ -95,7 +95,7 @@ def test_tiny_lstm_learns_periodic_sequence() -> None:
     torch.manual_seed(0)
     pattern = torch.tensor([3, 1, 4, 1, 5, 9, 2])
     stream = pattern.repeat(12)  # (84,)
-    net = RNNLM.from_preset("tiny", vocab_size=10)
+    net = RNNLM.from_preset("nano", vocab_size=10)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     seq_len, batch = 32, 16
     for _ in range(300):

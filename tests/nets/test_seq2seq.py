@@ -17,16 +17,16 @@ PAD, BOS, EOS = 0, 2, 3
 SRC_V, TGT_V = 11, 13
 
 NETS = {
-    "transformer": lambda **kw: TransformerSeq2Seq.from_preset("tiny", SRC_V, TGT_V, **kw),
+    "transformer": lambda **kw: TransformerSeq2Seq.from_preset("nano", SRC_V, TGT_V, **kw),
     "transformer-postnorm-learned": lambda **kw: TransformerSeq2Seq.from_preset(
-        "tiny", SRC_V, TGT_V, norm_first=False, positions="learned", **kw
+        "nano", SRC_V, TGT_V, norm_first=False, positions="learned", **kw
     ),
-    "gru": lambda **kw: RNNSeq2Seq.from_preset("tiny", SRC_V, TGT_V, **kw),
+    "gru": lambda **kw: RNNSeq2Seq.from_preset("nano", SRC_V, TGT_V, **kw),
     "lstm-2-layers": lambda **kw: RNNSeq2Seq.from_preset(
-        "tiny", SRC_V, TGT_V, cell="lstm", num_layers=2, **kw
+        "nano", SRC_V, TGT_V, cell="lstm", num_layers=2, **kw
     ),
     "gru-unidirectional": lambda **kw: RNNSeq2Seq.from_preset(
-        "tiny", SRC_V, TGT_V, bidirectional=False, **kw
+        "nano", SRC_V, TGT_V, bidirectional=False, **kw
     ),
 }
 
@@ -94,7 +94,7 @@ def _exhaustive_best(net, src: torch.Tensor, vocab: int, max_len: int, length_pe
 def test_beam_search_over_the_net_finds_the_exhaustive_best(net_class, length_penalty: float) -> None:
     vocab, max_len = 5, 3  # 5 + 25 + 125 candidate targets; 125 beams never prune the best
     torch.manual_seed(3)
-    net = net_class.from_preset("tiny", SRC_V, vocab).double().eval()
+    net = net_class.from_preset("nano", SRC_V, vocab).double().eval()
     src = torch.tensor([[4, 5, 6, PAD]])
 
     def step(tokens, state):
@@ -117,13 +117,13 @@ def test_transformer_presets_share_and_tie_embeddings() -> None:
     base = TransformerSeq2Seq.PRESETS["base"]
     assert (base["dim"], base["encoder_depth"], base["decoder_depth"], base["heads"]) == (512, 6, 6, 8)
     assert base["dim"] * base["mlp_ratio"] == 2048
-    net = TransformerSeq2Seq.from_preset("tiny", 17, 17, share_embeddings=True)
+    net = TransformerSeq2Seq.from_preset("nano", 17, 17, share_embeddings=True)
     assert net.src_embedding is net.tgt_embedding and net.head.weight is net.tgt_embedding.weight
-    untied = TransformerSeq2Seq.from_preset("tiny", 17, 19, tie_weights=False)
+    untied = TransformerSeq2Seq.from_preset("nano", 17, 19, tie_weights=False)
     assert untied.head.weight is not untied.tgt_embedding.weight
     with pytest.raises(InputError, match="share_embeddings needs one joint vocabulary"):
-        TransformerSeq2Seq.from_preset("tiny", 17, 19, share_embeddings=True)
+        TransformerSeq2Seq.from_preset("nano", 17, 19, share_embeddings=True)
     with pytest.raises(InputError, match="positions='rotary'"):
-        TransformerSeq2Seq.from_preset("tiny", 17, 19, positions="rotary")
+        TransformerSeq2Seq.from_preset("nano", 17, 19, positions="rotary")
     with pytest.raises(InputError, match="preset='huge'"):
         RNNSeq2Seq.from_preset("huge", 17, 19)

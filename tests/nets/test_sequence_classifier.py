@@ -41,7 +41,7 @@ TAGGERS = {
 
 def build(cls, kwargs: dict) -> torch.nn.Module:
     torch.manual_seed(0)
-    return cls.from_preset("tiny", V, K, **kwargs).eval()
+    return cls.from_preset("nano", V, K, **kwargs).eval()
 
 
 def batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,10 +135,10 @@ def test_bidirectional_rnn_reads_each_text_backwards_from_its_last_real_token() 
 def test_tiny_presets_have_the_language_models_encoder_names_and_shapes() -> None:
     pairs = [
         (
-            TransformerClassifier.from_preset("tiny", V, K, pooling="last", causal=True),
-            TransformerLM.from_preset("tiny", V),
+            TransformerClassifier.from_preset("nano", V, K, pooling="last", causal=True),
+            TransformerLM.from_preset("nano", V),
         ),
-        (RNNTagger.from_preset("tiny", V, K), RNNLM.from_preset("tiny", V)),
+        (RNNTagger.from_preset("nano", V, K), RNNLM.from_preset("nano", V)),
     ]
     for net, lm in pairs:
         lm_shapes = {k: v.shape for k, v in lm.state_dict().items()}

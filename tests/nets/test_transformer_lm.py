@@ -20,7 +20,7 @@ KINDS = ["softmax", "linear"]
 
 def _tiny(**kwargs) -> TransformerLM:
     torch.manual_seed(0)
-    return TransformerLM.from_preset("tiny", V, **kwargs).double().eval()
+    return TransformerLM.from_preset("nano", V, **kwargs).double().eval()
 
 
 def _with_cache(net: TransformerLM):
@@ -69,10 +69,10 @@ def test_tied_head_is_embedding_transposed() -> None:
     assert net.embed_scale == math.sqrt(32)  # Vaswani's scale with sinusoidal positions
     y = net.transformer(net.positions(net.embedding(tokens) * net.embed_scale), causal=True)  # (B, T, dim)
     torch.testing.assert_close(net(tokens)[0], y @ net.embedding.weight.T)
-    untied = TransformerLM.from_preset("tiny", V, tie_weights=False)
+    untied = TransformerLM.from_preset("nano", V, tie_weights=False)
     assert untied.head.weight is not untied.embedding.weight
     # a state_dict round trip keeps the tie
-    clone = TransformerLM.from_preset("tiny", V)
+    clone = TransformerLM.from_preset("nano", V)
     clone.load_state_dict(net.state_dict())
     assert clone.head.weight is clone.embedding.weight
 
@@ -96,7 +96,7 @@ def test_gpt2_initialisation() -> None:
 def test_weight_decay_only_on_weight_matrices() -> None:
     from lightning_seq.modules._optim import param_groups
 
-    net = TransformerLM.from_preset("tiny", V, positions="learned")
+    net = TransformerLM.from_preset("nano", V, positions="learned")
     decay, no_decay = param_groups(net)
     kept = {id(p) for p in no_decay["params"]}
     assert id(net.embedding.weight) in kept and id(net.positions.weight) in kept  # looked up, not multiplied
@@ -188,7 +188,7 @@ def test_beam_search_reorders_the_cache(kind: str) -> None:
 # ------------------------------------------------------------------------ with LanguageModel
 def _lm(corpus_file, **net_kwargs) -> tuple[LanguageModel, TextDataModule]:
     dm = TextDataModule(source=str(corpus_file), mode="window", block_size=64, batch_size=16)
-    net = TransformerLM.from_preset("tiny", dm.vocab_size, **net_kwargs)
+    net = TransformerLM.from_preset("nano", dm.vocab_size, **net_kwargs)
     model = LanguageModel(net, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), warmup_steps=10)
     return model, dm
 
@@ -225,7 +225,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tmp_path, corpus_file) -> 
     t.fit(model, dm)
     ckpt = tmp_path / "model.ckpt"
     t.save_checkpoint(ckpt)
-    net = TransformerLM.from_preset("tiny", dm.vocab_size, positions="learned", max_len=64)
+    net = TransformerLM.from_preset("nano", dm.vocab_size, positions="learned", max_len=64)
     loaded = LanguageModel.load_from_checkpoint(ckpt, net=net).eval()
     model.eval()
     tokens = torch.randint(0, dm.vocab_size, (2, 20))
