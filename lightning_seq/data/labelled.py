@@ -156,7 +156,8 @@ class LabelledTextDataModule(CachedDataModule):
         super().__init__()
         if isinstance(tokenizer, dict):  # from a checkpoint's hyperparameters
             tokenizer = TokenizerConfig(**tokenizer)
-        self.save_hyperparameters()
+        # the label names go in checkpoints through state_dict(); the model has them as hyperparameters
+        self.save_hyperparameters(ignore=["classes"])
         plain_hparams(self)
         if task not in ("classify", "tag"):
             raise InputError(f"data.task: unknown task '{task}'; expected 'classify' or 'tag'.")

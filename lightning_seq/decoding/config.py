@@ -48,6 +48,14 @@ class GenerationConfig:
     length_penalty: float = 1.0
     seed: int | None = None
 
+    @classmethod
+    def of(cls, value: "GenerationConfig | dict | None", **defaults) -> "GenerationConfig":
+        """``value`` as a config: itself, built from a dict (a checkpoint's hyperparameters), or, for
+        None, the defaults with ``defaults`` overriding them."""
+        if isinstance(value, dict):
+            return cls(**value)
+        return value if value is not None else cls(**defaults)
+
     def __post_init__(self) -> None:
         strategies = get_args(Strategy)
         checks = {  # field: (valid, what is expected)

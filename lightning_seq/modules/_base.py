@@ -1,22 +1,107 @@
-"""What every module shares: one ``_step(batch, stage)`` behind the train/val/test hooks, and the
-optimizer from the recipe with the warmup + cosine schedule of its hyperparameters."""
+"""What every module shares: the constructor preamble, one ``_step(batch, stage)`` behind the
+train/val/test hooks, the optimizers of the recipe with their warmup + cosine schedules, an eval-mode
+switch for inference, and the per-rank state that makes resuming exact."""
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
 import lightning as L
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.trainer.states import TrainerFn
+from torch import nn
 
-from lightning_seq.modules._optim import configure_optimization
+from lightning_seq.errors import InputError
+from lightning_seq.modules._optim import (
+    OptimizerFactory,
+    Schedule,
+    SharedFactory,
+    check_schedule,
+    configure_optimization,
+)
 from lightning_seq.modules._resume import gather_ranks, own_rank, rng_state, set_rng_state
+from lightning_seq.utils import plain_hparams
+
+
+@dataclass
+class Optimization:
+    """One optimizer of a module: what builds it, whose parameters it updates, and its schedule.
+
+    Args:
+        optimizer: the factory from the recipe, ``optimizer(param_groups) -> torch.optim.Optimizer``.
+        params: the module whose parameters it updates (weight decay skips biases, norms, embeddings).
+        warmup_steps: linear warmup of its learning rate from 0 over this many of its steps.
+        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
+    """
+
+    optimizer: OptimizerFactory
+    params: nn.Module
+    warmup_steps: int = 0
+    lr_schedule: Schedule = "constant"
+    min_lr_ratio: float = 1.0
 
 
 class NetModule(L.LightningModule):
-    """Base of the modules: a subclass defines ``_step(batch, stage)`` and sets ``self.optimizer``;
-    its hyperparameters hold ``warmup_steps``, ``lr_schedule`` and ``min_lr_ratio``.
+    """Base of the modules: the net is passed in; a subclass states only what is its own.
 
-    Checkpoints also keep each rank's :meth:`resume_state`, so that a run resumed from any step ends
+    The constructor saves every argument of the subclass's constructor as hyperparameters (nets and
+    optimizers as the ``class_path`` configs the command line gives, so a checkpoint rebuilds the
+    model alone; see :func:`~lightning_seq.utils.plain_hparams`), checks the schedule, keeps the
+    optimizer factory (shared, not copied, by copies of the module) and compiles the net on request.
+    A subclass takes its own arguments and hands the rest on::
+
+        class MyModel(NetModule):
+            def __init__(self, net: nn.Module, label_smoothing: float = 0.0, **kwargs):
+                super().__init__(net, **kwargs)
+
+    and defines ``_step(batch, stage) -> {"loss": ...}``, shared by training, validation and test.
+
+    **Optimizers.** By default one optimizer updates every parameter of the module, with the
+    schedule of ``warmup_steps``, ``lr_schedule`` and ``min_lr_ratio``, stepped on every optimizer
+    step. A module with several (a GAN's generator and discriminator) overrides
+    :meth:`optimizations` to return them by name, each with its own parameters and schedule; it
+    sets ``automatic_optimization = False`` and steps them itself, reaching each one with
+    :meth:`named_optimizer` and :meth:`named_scheduler`. ``configure_optimizers`` then returns them in
+    the order of :meth:`optimizations`.
+
+    **Checkpoints** also keep each rank's :meth:`resume_state`, so that a run resumed from any step ends
     with the weights of an uninterrupted one. A subclass that overrides ``on_save_checkpoint`` or
     ``on_load_checkpoint`` calls ``super()``.
+
+    Args:
+        net: the network (a ``class_path`` config from the recipe, or an ``nn.Module``).
+        optimizer: optimizer class (and its arguments) from the recipe; default AdamW. Weight decay
+            skips biases, norms, embeddings and the parameters a net names in ``no_weight_decay``.
+        warmup_steps: linear warmup of the learning rate from 0 over this many steps.
+        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
+        compile: compile the net with ``torch.compile``.
     """
 
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: OptimizerFactory = torch.optim.AdamW,
+        warmup_steps: int = 100,
+        lr_schedule: Schedule = "cosine",
+        min_lr_ratio: float = 0.1,
+        compile: bool = False,
+    ):
+        super().__init__()
+        with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
+            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
+            self.save_hyperparameters()  # the arguments of every constructor up the chain
+        plain_hparams(self)
+        check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
+        self.net = net
+        self.optimizer = SharedFactory(optimizer)
+        if compile:
+            self.net.compile()
+
+    # -------------------------------------------------------------------------------- steps
     def _step(self, batch, stage: str) -> dict:
         raise NotImplementedError
 
@@ -29,12 +114,51 @@ class NetModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> dict:
         return self._step(batch, "test")
 
-    def configure_optimizers(self) -> dict:
+    @contextmanager
+    def evaluating(self) -> Iterator[None]:
+        """Inference inside: eval mode (no dropout, running norm statistics) and no gradients; the
+        previous mode is restored on the way out, also after an error."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
+    # -------------------------------------------------------------------------------- optimizers
+    def optimizations(self) -> dict[str, Optimization]:
+        """The module's optimizers by name; by default one, ``"net"``, over all parameters."""
         hp = self.hparams
-        return configure_optimization(
-            self, self.optimizer, self.trainer.estimated_stepping_batches, hp.warmup_steps, hp.lr_schedule,
-            hp.min_lr_ratio,
-        )  # fmt: skip
+        return {"net": Optimization(self.optimizer, self, hp.warmup_steps, hp.lr_schedule, hp.min_lr_ratio)}
+
+    def configure_optimizers(self) -> dict | list[dict]:
+        total = self.trainer.estimated_stepping_batches
+        setups = [
+            configure_optimization(
+                p.params, p.optimizer, total, p.warmup_steps, p.lr_schedule, p.min_lr_ratio
+            )
+            for p in self.optimizations().values()
+        ]
+        return setups[0] if len(setups) == 1 else setups
+
+    def _optimizer_index(self, name: str) -> int:
+        names = list(self.optimizations())
+        if name not in names:
+            raise InputError(f"{type(self).__name__}: no optimizer '{name}'; it has {', '.join(names)}.")
+        return names.index(name)
+
+    def named_optimizer(self, name: str) -> LightningOptimizer:
+        """The optimizer called ``name`` in :meth:`optimizations` (for manual optimisation)."""
+        optimizers = self.optimizers(use_pl_optimizer=True)
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        return optimizers[self._optimizer_index(name)]
+
+    def named_scheduler(self, name: str) -> torch.optim.lr_scheduler.LRScheduler:
+        """The learning-rate schedule of the optimizer called ``name`` (step it after that optimizer)."""
+        schedulers = self.lr_schedulers()
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        return schedulers[self._optimizer_index(name)]
 
     # ----------------------------------------------------------------------------- checkpoints
     def resume_state(self) -> dict:

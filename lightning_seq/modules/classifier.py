@@ -15,7 +15,6 @@ start of ``fit`` every encoder tensor of it whose name and shape match this net'
 The data must use the language model's tokenizer (``data.tokenizer.kind=<the .ckpt path>``).
 """
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -25,66 +24,44 @@ from tokenizers import Tokenizer
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from lightning_seq.checkpointing import newest_match, read_checkpoint
 from lightning_seq.data.labelled import encode_words
 from lightning_seq.data.tokenizers import encode_texts
 from lightning_seq.errors import InputError
 from lightning_seq.modules._base import NetModule
-from lightning_seq.modules._optim import (
-    OptimizerFactory,
-    Schedule,
-    SharedFactory,
-    check_schedule,
-)
-from lightning_seq.utils import plain_hparams
+from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
 
 IGNORE = -100  # label of tokens without one (padding, continuation sub-tokens)
 ENCODER = ("embedding", "positions", "transformer", "rnn")  # the parts a language model shares
 
 
-class _LabelledTextModule(NetModule):
+class _LabelledTextModule(TokenizersInCheckpoints, NetModule):
     """What the classifier and the tagger share; a subclass says how logits meet labels.
 
     Args:
         net: the network, ``net(tokens, key_mask) -> logits``, e.g.
             :class:`~lightning_seq.nets.TransformerClassifier`.
-        optimizer: optimizer class (and its arguments) from the recipe; default AdamW. Weight decay
-            skips biases, norms, embeddings, position embeddings and the class token.
-        warmup_steps: linear warmup of the learning rate from 0 over this many steps.
-        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
-        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
         label_smoothing: mass ``eps`` spread uniformly over the classes in the cross-entropy targets.
         classes: label names, in label order (linked from the DataModule; saved in checkpoints).
         pad_id: padding token id (linked from the DataModule); ``tokens != pad_id`` is the key mask.
         init_from: a language model checkpoint whose encoder weights start the training.
-        compile: compile the net with ``torch.compile``.
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
+        **kwargs: optimizer, schedule and ``compile``: see :class:`~lightning_seq.modules.NetModule`.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerFactory = torch.optim.AdamW,
-        warmup_steps: int = 100,
-        lr_schedule: Schedule = "cosine",
-        min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.0,
         classes: list[str] | None = None,
         pad_id: int = 0,
         init_from: str | None = None,
-        compile: bool = False,
+        min_lr_ratio: float = 0.01,
+        **kwargs,
     ):
-        super().__init__()
-        with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
-            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
-            self.save_hyperparameters()
-        plain_hparams(self)
-        # LabelledTextDataModule has a `classes` argument of its own (None unless given) and Lightning refuses
-        # to log two values under one name: the loggers get it from the data; checkpoints keep it here.
-        (getattr(self, "_hparams_initial", None) or {}).pop("classes", None)
-        check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
         if not 0.0 <= label_smoothing < 1.0:
             raise InputError(f"model.label_smoothing: expected a value in [0, 1), got {label_smoothing}.")
-        self.net = net
-        self.optimizer = SharedFactory(optimizer)
+        super().__init__(net, min_lr_ratio=min_lr_ratio, **kwargs)
         self.classes = list(classes) if classes is not None else None
         num_classes = len(self.classes) if self.classes is not None else getattr(net, "num_classes", None)
         if not num_classes:
@@ -101,7 +78,6 @@ class _LabelledTextModule(NetModule):
                 "Fix: leave both to the DataModule (the CLI links data.classes and data.num_classes)."
             )
         self.pad_id = pad_id
-        self.tokenizer: Tokenizer | None = None
         # one set of metrics per stage, so that validation inside an epoch never mixes with test
         self.metrics = nn.ModuleDict({stage: self._metrics() for stage in ("val", "test")})
         if compile:
@@ -152,14 +128,6 @@ class _LabelledTextModule(NetModule):
         return {"loss": loss}
 
     # -------------------------------------------------------------------------------- inference
-    def _require_tokenizer(self, method: str) -> Tokenizer:
-        if self.tokenizer is None:
-            raise InputError(
-                f"{type(self).__name__}.{method} needs a tokenizer: train with a DataModule that has one, "
-                "load a checkpoint written by such a run, or set model.tokenizer = tokenizers.Tokenizer(...)."
-            )
-        return self.tokenizer
-
     def _pad(self, rows: list[list[int]], value: int | None = None) -> torch.Tensor:
         """``(N, T)`` ids, cut to the net's ``max_len`` (if any), right-padded with ``value`` (default
         ``pad_id``), on this module's device."""
@@ -170,20 +138,13 @@ class _LabelledTextModule(NetModule):
         padded = [r + [value] * (width - len(r)) for r in rows]
         return torch.tensor(padded, dtype=torch.long, device=self.device)
 
-    @torch.no_grad()
     def _logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             return self(tokens).float()
-        finally:
-            self.train(was_training)
 
     # ----------------------------------------------------------------------------- fine-tuning
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.tokenizer is None and getattr(datamodule, "tokenizer", None) is not None:
-            self.tokenizer = datamodule.tokenizer
+        super().setup(stage)
         if stage == "fit" and self.hparams.init_from:
             self.init_encoder(self.hparams.init_from)
 
@@ -243,36 +204,33 @@ class _LabelledTextModule(NetModule):
                 f"have {tokenizer.get_vocab_size()} tokens, but not the same ones). {fix}"
             )
 
-    # ----------------------------------------------------------------------------- checkpoints
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.tokenizer is not None:
-            checkpoint["tokenizer"] = self.tokenizer.to_str()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "tokenizer" in checkpoint:
-            self.tokenizer = Tokenizer.from_str(checkpoint["tokenizer"])
-
 
 def _read_language_model(path: str | Path) -> tuple[dict[str, torch.Tensor], Tokenizer | None]:
-    """The net's weights (names without ``net.``) and the tokenizer of a language model checkpoint."""
-    if not Path(path).is_file():
+    """The net's weights (names without ``net.``) and the tokenizer of a language model checkpoint.
+
+    ``path`` may be a glob (its newest match is read); errors name ``model.init_from``.
+    """
+    fix = (
+        "train a language model first (lightning fit --config recipes/<language model recipe>.yaml) and "
+        "pass its .ckpt file."
+    )
+    path = newest_match(path, "model.init_from", fix)
+    checkpoint = read_checkpoint(path, need=("state_dict",), field="model.init_from")
+    weights = checkpoint["state_dict"]
+    if not isinstance(weights, dict) or not weights:
         raise InputError(
-            f"model.init_from: no checkpoint at '{path}'. Fix: train a language model first "
-            "(lightning fit --config recipes/<language model recipe>.yaml) and pass its .ckpt file."
-        )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated or foreign file
-        raise InputError(f"model.init_from: '{path}' is not a readable checkpoint ({err}).") from None
-    weights = checkpoint.get("state_dict") if isinstance(checkpoint, dict) else None
-    if not weights:
-        raise InputError(
-            f"model.init_from: '{path}' holds no state_dict; expected a `lightning fit` checkpoint."
+            f"model.init_from: '{path}' holds no weights in its state_dict. Fix: pass the .ckpt that "
+            "`lightning fit` wrote for a language model."
         )
     state = {name.removeprefix("net."): t for name, t in weights.items() if name.startswith("net.")}
-    tokenizer = Tokenizer.from_str(checkpoint["tokenizer"]) if "tokenizer" in checkpoint else None
+    text = checkpoint.get("tokenizer")
+    try:
+        tokenizer = Tokenizer.from_str(text) if text is not None else None
+    except Exception as err:
+        raise InputError(
+            f"model.init_from: the tokenizer in '{path}' is malformed ({err}). Fix: pass the .ckpt that "
+            "`lightning fit` wrote for a language model."
+        ) from None
     return state, tokenizer
 
 
@@ -288,7 +246,7 @@ class SequenceClassifier(_LabelledTextModule):
 
     def classify(self, texts: str | list[str]) -> list[str]:
         """The predicted class name of each text (tokenized as the DataModule does)."""
-        tokenizer = self._require_tokenizer("classify")
+        (tokenizer,) = self.require_tokenizers("classify")
         texts = [texts] if isinstance(texts, str) else list(texts)
         names = self.label_names
         tokens = self._pad(encode_texts(tokenizer, texts))  # (N, T)
@@ -330,7 +288,7 @@ class SequenceTagger(_LabelledTextModule):
         Returns:
             One label per word: a list for a single string, else a list of lists.
         """
-        tokenizer = self._require_tokenizer("tag")
+        (tokenizer,) = self.require_tokenizers("tag")
         single = isinstance(sentences, str)
         words = [s.split() if isinstance(s, str) else list(s) for s in ([sentences] if single else sentences)]
         ids, first = encode_words(tokenizer, [(w, [1] * len(w)) for w in words])

@@ -14,7 +14,6 @@ terms apply to the one head::
     soft:  L = (1 - a) CE(z_cls, y) + a tau^2 KL(softmax(z_teacher / tau) || softmax(z_dist / tau))
 """
 
-import warnings
 from pathlib import Path
 from typing import Literal
 
@@ -23,15 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_seq.checkpointing import load_module, newest_match
 from lightning_seq.errors import InputError
 from lightning_seq.modules._base import NetModule
-from lightning_seq.modules._optim import (
-    OptimizerFactory,
-    Schedule,
-    SharedFactory,
-    check_schedule,
-)
-from lightning_seq.utils import plain_hparams
 
 Distillation = Literal["hard", "soft"]
 
@@ -41,11 +34,6 @@ class ImageClassifier(NetModule):
 
     Args:
         net: the network, ``net(images) -> logits``, e.g. :class:`~lightning_seq.nets.Swin`.
-        optimizer: optimizer class (and its arguments) from the recipe; default AdamW. Weight
-            decay skips norms, biases, embeddings, position embeddings and class tokens.
-        warmup_steps: linear warmup of the learning rate from 0 over this many steps.
-        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
-        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
         label_smoothing: mass spread uniformly over the classes in the cross-entropy targets.
         classes: class names, in label order (linked from the DataModule; saved in checkpoints).
         teacher: checkpoint of a trained classifier to distil from during ``fit``.
@@ -53,16 +41,13 @@ class ImageClassifier(NetModule):
         distill_alpha: weight ``a`` of the distillation term.
         distill_temperature: temperature ``tau`` of soft distillation.
         channels_last: run the net in the channels-last memory format (faster convs on GPUs).
-        compile: compile the net with ``torch.compile``.
+        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
+        **kwargs: optimizer, schedule and ``compile``: see :class:`~lightning_seq.modules.NetModule`.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerFactory = torch.optim.AdamW,
-        warmup_steps: int = 100,
-        lr_schedule: Schedule = "cosine",
-        min_lr_ratio: float = 0.01,
         label_smoothing: float = 0.0,
         classes: list[str] | None = None,
         teacher: str | None = None,
@@ -70,17 +55,11 @@ class ImageClassifier(NetModule):
         distill_alpha: float = 0.5,
         distill_temperature: float = 1.0,
         channels_last: bool = False,
-        compile: bool = False,
+        min_lr_ratio: float = 0.01,
+        **kwargs,
     ):
-        super().__init__()
-        with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
-            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
-            self.save_hyperparameters()
-        plain_hparams(self)
-        check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
         _check_settings(label_smoothing, distillation, distill_alpha)
-        self.net = net
-        self.optimizer = SharedFactory(optimizer)
+        super().__init__(net, min_lr_ratio=min_lr_ratio, **kwargs)
         self.classes = list(classes) if classes is not None else None
         num_classes = len(self.classes) if self.classes is not None else getattr(net, "num_classes", None)
         if not num_classes:
@@ -94,8 +73,6 @@ class ImageClassifier(NetModule):
         # one set of metrics per stage, so that validation inside an epoch never mixes with test
         self.metrics = nn.ModuleDict({stage: self._accuracies() for stage in ("val", "test")})
         self.__dict__["teacher"] = None  # not a submodule: never saved, averaged or trained
-        if compile:
-            self.net.compile()
 
     def _accuracies(self) -> nn.ModuleDict:
         top_k = {"acc": 1, "acc_top5": 5} if self.num_classes > 5 else {"acc": 1}
@@ -194,7 +171,9 @@ class ImageClassifier(NetModule):
             self.teacher.to(self.device, memory_format=self.memory_format)
 
     def load_teacher(self, path: str) -> nn.Module:
-        """The net of a classifier checkpoint, checked to predict this run's classes."""
+        """The net of a classifier checkpoint (a path, or a glob: its newest match), checked to predict
+        this run's classes."""
+        path = newest_match(path, "model.teacher", _train_first("model.teacher"))
         teacher = load_classifier(path)
         if self.classes is not None and teacher.classes is not None and teacher.classes != self.classes:
             raise InputError(
@@ -204,26 +183,16 @@ class ImageClassifier(NetModule):
         return teacher.net
 
 
-def load_classifier(path: str | Path) -> ImageClassifier:
-    """An :class:`ImageClassifier` from a ``lightning fit`` checkpoint, on the CPU.
+def load_classifier(path: str | Path, *, field: str = "model.teacher") -> ImageClassifier:
+    """An :class:`ImageClassifier` from a ``lightning fit`` checkpoint, on the CPU, in eval mode.
 
     ``path`` may be a glob (``runs/resnet_se/version_*/checkpoints/best.ckpt``): the newest match
     is used. The checkpoint holds the net's ``class_path`` config, so nothing else is needed; it is read
-    with ``weights_only=True``. Raises :class:`InputError` naming the file when it is missing or is
-    not a classifier checkpoint.
+    with ``weights_only=True``. Raises :class:`InputError` naming ``field`` and the file when it is
+    missing, unreadable or the checkpoint of another kind of model.
     """
-    path = newest_match(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated or foreign file
-        raise InputError(f"model.teacher: '{path}' is not a readable checkpoint ({err}).") from None
-    hparams = checkpoint.get("hyper_parameters") or {}
-    if "_instantiator" not in hparams or "classes" not in hparams:
-        raise InputError(
-            f"model.teacher: '{path}' is not an image classifier checkpoint written by `lightning fit`."
-        )
-    del checkpoint
-    return ImageClassifier.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
+    path = newest_match(path, field, _train_first(field))
+    return load_module(path, ImageClassifier, field=field)
 
 
 def _check_settings(label_smoothing: float, distillation: str, alpha: float) -> None:
@@ -236,16 +205,9 @@ def _check_settings(label_smoothing: float, distillation: str, alpha: float) -> 
         )
 
 
-def newest_match(pattern: str | Path) -> Path:
-    """``pattern`` itself when it is a file, else the most recently written file it matches as a glob."""
-    path = Path(pattern)
-    if path.is_file():
-        return path
-    anchor = Path(path.anchor) if path.is_absolute() else Path()
-    matches = [p for p in anchor.glob(str(path.relative_to(anchor))) if p.is_file()] if str(path) else []
-    if not matches:
-        raise InputError(
-            f"model.teacher: no checkpoint at '{pattern}'. Fix: train the teacher first "
-            "(lightning fit --config recipes/resnet_se.yaml) or pass the path of its .ckpt file."
-        )
-    return max(matches, key=lambda p: p.stat().st_mtime)
+def _train_first(field: str) -> str:
+    """The fix when no checkpoint matches ``field``'s path."""
+    what = "the teacher" if field == "model.teacher" else "a classifier"
+    return (
+        f"train {what} first (lightning fit --config recipes/resnet_se.yaml) or pass the path of its .ckpt."
+    )

@@ -6,70 +6,40 @@ of batch-first tensors (an RNN's hidden state, a Transformer's KV cache). In str
 one, detached: truncated backpropagation through time. It is reset at the start of every epoch.
 """
 
-import warnings
-
 import torch
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 from torch import nn
 
 from lightning_seq.data.tokenizers import EOS
 from lightning_seq.decoding import GenerationConfig, State, detach_state, generate, map_state
-from lightning_seq.errors import InputError
 from lightning_seq.modules._base import NetModule
-from lightning_seq.modules._optim import (
-    OptimizerFactory,
-    Schedule,
-    SharedFactory,
-    check_schedule,
-)
-from lightning_seq.utils import plain_hparams
+from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
 
 
-class LanguageModel(NetModule):
+class LanguageModel(TokenizersInCheckpoints, NetModule):
     """Trains and samples a language model.
 
     Args:
         net: the network, ``net(tokens, state) -> (logits, state)``, e.g. :class:`~lightning_seq.nets.RNNLM`.
-        optimizer: optimizer class (and its arguments) from the recipe; default AdamW.
-        warmup_steps: linear warmup of the learning rate from 0 over this many steps.
-        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
-        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
         carry_state: carry the net's state across batches (set from the DataModule's stream mode).
         pad_id: target id that the loss ignores (set from the DataModule).
         generation: default decoding settings for :meth:`generate` and ``lightning predict``.
-        compile: compile the net with ``torch.compile``.
+        **kwargs: optimizer, schedule and ``compile``: see :class:`~lightning_seq.modules.NetModule`.
     """
 
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerFactory = torch.optim.AdamW,
-        warmup_steps: int = 100,
-        lr_schedule: Schedule = "cosine",
-        min_lr_ratio: float = 0.1,
         carry_state: bool = False,
         pad_id: int | None = None,
         generation: GenerationConfig | None = None,
-        compile: bool = False,
+        **kwargs,
     ):
-        super().__init__()
-        with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
-            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
-            self.save_hyperparameters()
-        plain_hparams(self)
-        check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
-        self.net = net
-        self.optimizer = SharedFactory(optimizer)
+        super().__init__(net, **kwargs)
         self.carry_state = carry_state
         self.ignore_index = -100 if pad_id is None else pad_id
-        if isinstance(generation, dict):  # from a checkpoint of a model built in Python
-            generation = GenerationConfig(**generation)
-        self.generation = generation or GenerationConfig()
-        self.tokenizer: Tokenizer | None = None
+        self.generation = GenerationConfig.of(generation)
         self._carried: dict[str, State] = {}  # per stage: the state handed to the next batch
-        if compile:
-            self.net.compile()
 
     def forward(self, tokens: torch.Tensor, state: State = None) -> tuple[torch.Tensor, State]:
         return self.net(tokens, state)
@@ -117,16 +87,11 @@ class LanguageModel(NetModule):
         logits, state = self(tokens, state)
         return logits[:, -1], state
 
-    @torch.no_grad()
     def generate_tokens(self, prompt: torch.Tensor, config: GenerationConfig | None = None) -> torch.Tensor:
         """Continue ``prompt (B, T0)`` token ids; returns the new ids ``(B, n)``, EOS-padded when done."""
-        was_training = self.training
-        self.eval()
-        try:
-            eos = self.tokenizer.token_to_id(EOS) if self.tokenizer is not None else None
+        eos = self.tokenizer.token_to_id(EOS) if self.tokenizer is not None else None
+        with self.evaluating():
             return generate(self.decode_step, prompt.to(self.device), config or self.generation, eos_id=eos)
-        finally:
-            self.train(was_training)
 
     def generate(self, prompts: str | list[str], config: GenerationConfig | None = None) -> list[str]:
         """Continue each prompt; returns prompt + generated text, cut at the end-of-text token.
@@ -134,11 +99,7 @@ class LanguageModel(NetModule):
         Generation starts from the end-of-text token, which separates documents in training, so
         an empty prompt samples the start of a new document.
         """
-        if self.tokenizer is None:
-            raise InputError(
-                "LanguageModel.generate needs a tokenizer: train with a DataModule that has one, load a "
-                "checkpoint written by such a run, or set model.tokenizer = tokenizers.Tokenizer(...)."
-            )
+        self.require_tokenizers("generate")
         texts = [prompts] if isinstance(prompts, str) else list(prompts)
         eos = self.tokenizer.token_to_id(EOS)
         encoded = [[eos, *self.tokenizer.encode(t, add_special_tokens=False).ids] for t in texts]
@@ -156,21 +117,6 @@ class LanguageModel(NetModule):
         return self.generate(batch)
 
     # ----------------------------------------------------------------------------- checkpoints
-    def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.tokenizer is None and getattr(datamodule, "tokenizer", None) is not None:
-            self.tokenizer = datamodule.tokenizer
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.tokenizer is not None:
-            checkpoint["tokenizer"] = self.tokenizer.to_str()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "tokenizer" in checkpoint:
-            self.tokenizer = Tokenizer.from_str(checkpoint["tokenizer"])
-
     def resume_state(self) -> dict:
         """Also the state carried into the next training batch (stream mode)."""
         return {**super().resume_state(), "carried": self._carried.get("train")}

@@ -15,7 +15,6 @@ otherwise), chrF (character n-grams up to 6, beta 2, SacreBLEU's default) and th
 sentences translated exactly right.
 """
 
-import warnings
 from dataclasses import asdict
 from typing import Literal
 
@@ -30,23 +29,18 @@ from lightning_seq.data.tokenizers import encode_texts
 from lightning_seq.decoding import GenerationConfig, State, generate
 from lightning_seq.errors import InputError
 from lightning_seq.modules._base import NetModule
-from lightning_seq.modules._optim import OptimizerFactory, Schedule, SharedFactory, check_schedule
-from lightning_seq.utils import plain_hparams
+from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
 
 DEFAULT_GENERATION = {"strategy": "beam", "num_beams": 4, "max_new_tokens": 128}
 BleuTokenize = Literal["13a", "char", "intl", "zh", "none"]
 
 
-class Seq2Seq(NetModule):
+class Seq2Seq(TokenizersInCheckpoints, NetModule):
     """Trains a sequence-to-sequence net and translates with it.
 
     Args:
         net: the network, e.g. :class:`~lightning_seq.nets.TransformerSeq2Seq` or
             :class:`~lightning_seq.nets.RNNSeq2Seq`.
-        optimizer: optimizer class (and its arguments) from the recipe; default AdamW.
-        warmup_steps: linear warmup of the learning rate from 0 over this many steps.
-        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
-        min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
         label_smoothing: probability mass ``eps`` spread uniformly over the target vocabulary.
         pad_id: padding id of both sides; never scored, never attended to (linked from the data).
         bos_id: the token that starts every target, the decoder's first input (linked from the data).
@@ -59,16 +53,16 @@ class Seq2Seq(NetModule):
         bleu_tokenize: SacreBLEU's tokenization of hypotheses and references: ``13a`` (words and
             punctuation, the WMT standard), or ``char`` for targets written without spaces (digits,
             Chinese): their sentences are single words, whose BLEU-4 over words is always 0.
-        compile: compile the net with ``torch.compile``.
+        **kwargs: optimizer, schedule and ``compile``: see :class:`~lightning_seq.modules.NetModule`.
     """
+
+    TOKENIZERS = ("src_tokenizer", "tgt_tokenizer")
+    src_tokenizer: Tokenizer | None = None
+    tgt_tokenizer: Tokenizer | None = None
 
     def __init__(
         self,
         net: nn.Module,
-        optimizer: OptimizerFactory = torch.optim.AdamW,
-        warmup_steps: int = 100,
-        lr_schedule: Schedule = "cosine",
-        min_lr_ratio: float = 0.1,
         label_smoothing: float = 0.1,
         pad_id: int = 0,
         bos_id: int = 2,
@@ -76,29 +70,16 @@ class Seq2Seq(NetModule):
         generation: GenerationConfig | None = None,
         decode_val_batches: int = 4,
         bleu_tokenize: BleuTokenize = "13a",
-        compile: bool = False,
+        **kwargs,
     ):
-        super().__init__()
-        with warnings.catch_warnings():  # a net built in Python is dropped below, not pickled
-            warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
-            self.save_hyperparameters()
-        plain_hparams(self)
-        check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
         _check_settings(label_smoothing, decode_val_batches, net)
-        self.net = net
-        self.optimizer = SharedFactory(optimizer)
+        super().__init__(net, **kwargs)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        if isinstance(generation, dict):  # from a checkpoint of a model built in Python
-            generation = GenerationConfig(**generation)
         self.sized_generation = generation is None  # max_new_tokens follows the data
-        self.generation = generation or GenerationConfig(**DEFAULT_GENERATION)
-        self.src_tokenizer: Tokenizer | None = None
-        self.tgt_tokenizer: Tokenizer | None = None
+        self.generation = GenerationConfig.of(generation, **DEFAULT_GENERATION)
         self.metrics = nn.ModuleDict(
             {stage: _translation_metrics(bleu_tokenize) for stage in ("val", "test")}
         )
-        if compile:
-            self.net.compile()
 
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher-forced logits ``(B, T, V)`` of ``tgt_in (B, T)`` given ``src (B, S)``."""
@@ -166,18 +147,13 @@ class Seq2Seq(NetModule):
         logits, state = self.net.decode(tokens, state)
         return logits[:, -1], state
 
-    @torch.no_grad()
     def translate_tokens(self, src: torch.Tensor, config: GenerationConfig | None = None) -> torch.Tensor:
         """Translate source ids ``(B, S)``; the new target ids ``(B, n)``, EOS-padded after each EOS."""
-        was_training = self.training
-        self.eval()
-        try:
+        with self.evaluating():
             src = src.to(self.device)
             state = self.net.encode(src, src != self.pad_id)
             prompt = torch.full((src.size(0), 1), self.bos_id, dtype=torch.long, device=self.device)  # (B, 1)
             return generate(self.decode_step, prompt, config or self.generation, self.eos_id, state)
-        finally:
-            self.train(was_training)
 
     def detokenize(self, ids: torch.Tensor) -> list[str]:
         """Target ids ``(B, n)`` -> texts, each cut at its first EOS, special tokens dropped. Without a
@@ -192,13 +168,8 @@ class Seq2Seq(NetModule):
 
     def encode_sources(self, texts: list[str]) -> torch.Tensor:
         """Source texts -> right-padded ids ``(B, S)``, encoded as the DataModule encodes sources."""
-        if self.src_tokenizer is None:
-            raise InputError(
-                "Seq2Seq.translate needs the source and target tokenizers: train with a DataModule that has "
-                "them, load a checkpoint written by such a run, or set model.src_tokenizer and "
-                "model.tgt_tokenizer."
-            )
-        rows = encode_texts(self.src_tokenizer, texts)  # no special tokens; an empty text is [<|unk|>]
+        src_tokenizer, _ = self.require_tokenizers("translate")
+        rows = encode_texts(src_tokenizer, texts)  # no special tokens; an empty text is [<|unk|>]
         longest = max(len(r) for r in rows)
         return torch.tensor([r + [self.pad_id] * (longest - len(r)) for r in rows], dtype=torch.long)
 
@@ -222,11 +193,8 @@ class Seq2Seq(NetModule):
 
     # ----------------------------------------------------------------------------- checkpoints
     def setup(self, stage: str) -> None:
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if self.src_tokenizer is None and getattr(datamodule, "src_tokenizer", None) is not None:
-            self.src_tokenizer = datamodule.src_tokenizer
-            self.tgt_tokenizer = datamodule.tgt_tokenizer
-        longest = _longest_target(datamodule)
+        super().setup(stage)
+        longest = _longest_target(getattr(self.trainer, "datamodule", None))
         if self.sized_generation and longest:
             size = longest + max(8, longest // 4)  # some room beyond the longest training target
             self.generation = GenerationConfig(**{**DEFAULT_GENERATION, "max_new_tokens": size})
@@ -234,15 +202,9 @@ class Seq2Seq(NetModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint["generation"] = asdict(self.generation)
-        if self.src_tokenizer is not None and self.tgt_tokenizer is not None:
-            checkpoint["src_tokenizer"] = self.src_tokenizer.to_str()
-            checkpoint["tgt_tokenizer"] = self.tgt_tokenizer.to_str()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
-        if "src_tokenizer" in checkpoint:
-            self.src_tokenizer = Tokenizer.from_str(checkpoint["src_tokenizer"])
-            self.tgt_tokenizer = Tokenizer.from_str(checkpoint["tgt_tokenizer"])
         if self.sized_generation and "generation" in checkpoint:
             self.generation = GenerationConfig(**checkpoint["generation"])
 

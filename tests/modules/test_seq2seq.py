@@ -30,7 +30,7 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
 
 def make(net_class=TransformerSeq2Seq, **kwargs) -> tuple[Seq2Seq, ParallelTextDataModule]:
     dm = ParallelTextDataModule(**SMALL)
-    net = net_class.from_preset("tiny", dm.src_vocab_size, dm.tgt_vocab_size)
+    net = net_class.from_preset("nano", dm.src_vocab_size, dm.tgt_vocab_size)
     model = Seq2Seq(
         net, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), warmup_steps=10, bleu_tokenize="char",
         pad_id=dm.pad_id, bos_id=dm.bos_id, eos_id=dm.eos_id, **kwargs,
@@ -81,7 +81,7 @@ def test_validation_scores_are_those_of_the_decoded_text(trained, tmp_path):
 
 
 def test_loss_is_label_smoothed_cross_entropy_over_real_tokens():
-    model = Seq2Seq(TransformerSeq2Seq.from_preset("tiny", 9, 7), label_smoothing=0.1, pad_id=0)
+    model = Seq2Seq(TransformerSeq2Seq.from_preset("nano", 9, 7), label_smoothing=0.1, pad_id=0)
     logits = torch.randn(2, 4, 7)
     targets = torch.tensor([[4, 5, 3, 0], [6, 3, 0, 0]])  # two padding targets in row 0, ...
     loss_sum, count = model.compute_loss(logits, targets)
@@ -106,7 +106,7 @@ def test_checkpoint_translates_identically_in_a_fresh_process(trained, tmp_path)
         from lightning_seq.decoding import GenerationConfig
         from lightning_seq.modules import Seq2Seq
         from lightning_seq.nets import TransformerSeq2Seq
-        net = TransformerSeq2Seq.from_preset("tiny", {dm.src_vocab_size}, {dm.tgt_vocab_size})
+        net = TransformerSeq2Seq.from_preset("nano", {dm.src_vocab_size}, {dm.tgt_vocab_size})
         model = Seq2Seq.load_from_checkpoint({str(ckpt)!r}, net=net)
         greedy = model.translate({SOURCES!r}, GenerationConfig(strategy="greedy", max_new_tokens=10))
         print(json.dumps([greedy, model.translate({SOURCES!r}), model.generation.max_new_tokens]))
@@ -130,11 +130,11 @@ def test_rnn_net_trains_and_predicts_through_the_module(tmp_path):
 
 
 def test_bad_settings_are_input_errors():
-    net = TransformerSeq2Seq.from_preset("tiny", 9, 7)
-    with pytest.raises(InputError, match="translate needs the source and target tokenizers"):
+    net = TransformerSeq2Seq.from_preset("nano", 9, 7)
+    with pytest.raises(InputError, match=r"translate needs its tokenizers \(src_tokenizer, tgt_tokenizer\)"):
         Seq2Seq(net).translate(["one"])
     with pytest.raises(InputError, match="is not a seq2seq net"):
-        Seq2Seq(RNNLM.from_preset("tiny", 9))
+        Seq2Seq(RNNLM.from_preset("nano", 9))
     with pytest.raises(InputError, match="decode_val_batches"):
         Seq2Seq(net, decode_val_batches=-1)
     with pytest.raises(InputError, match="label_smoothing"):

@@ -1,0 +1,90 @@
+"""The contract every generative image module keeps: ``sample(n, *, labels=None, generator=None)``."""
+
+import torch
+from torch import nn
+
+from lightning_seq.data.pixels import PIXELS, Pixels
+from lightning_seq.errors import InputError
+from lightning_seq.modules._base import NetModule
+
+
+class GenerativeModule(NetModule):
+    """Base of the modules that generate images (VAE, PixelCNN, GAN, diffusion).
+
+    :meth:`sample` returns ``(n, C, H, W)`` images in the pixel convention of the data the model
+    trains on (``pixels``, linked from the DataModule: ``unit`` [0, 1], ``symmetric`` [-1, 1],
+    ``uint8`` 0..255 or ``binary`` 0/1), on the module's device, in eval mode and without gradients.
+    The same ``torch.Generator`` state gives the same images on any device: randomness is drawn on the
+    generator's device (the CPU for ``torch.Generator()``) and then moved (:meth:`noise`).
+
+    A class-conditional model (``conditional: true``) samples the classes it is given, or by default
+    ``0, 1, ..., K-1, 0, 1, ...`` (so that a grid of ``n = K * m`` has one class per column); an
+    unconditional one refuses labels. A subclass implements :meth:`_sample`.
+
+    Args:
+        net: the network.
+        pixels: what the data's images hold (linked from the DataModule).
+        conditional: condition on the data's class labels.
+        num_classes: classes to condition on (linked from the DataModule); used when ``conditional``.
+        **kwargs: optimizer, schedule and ``compile``: see :class:`~lightning_seq.modules.NetModule`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        pixels: Pixels = "unit",
+        conditional: bool = False,
+        num_classes: int | None = None,
+        **kwargs,
+    ):
+        if pixels not in PIXELS:
+            raise InputError(f"model.pixels: expected one of {', '.join(PIXELS)}, got '{pixels}'.")
+        if conditional and not num_classes:
+            raise InputError(
+                "model.conditional: a class-conditional model needs the number of classes. Fix: train on "
+                "labelled data (the CLI links data.num_classes), or set model.num_classes."
+            )
+        super().__init__(net, **kwargs)
+        self.pixels = pixels
+        self.num_classes = int(num_classes) if conditional else None
+
+    def sample(
+        self, n: int, *, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """``n`` images ``(n, C, H, W)`` in the data's pixel convention, on this module's device.
+
+        Args:
+            n: how many.
+            labels: ``(n,)`` class ids for a conditional model; default ``arange(n) % num_classes``.
+            generator: the source of randomness; the same state gives the same images.
+        """
+        if n < 1:
+            raise InputError(f"{type(self).__name__}.sample: expected n >= 1, got {n}.")
+        labels = self._sample_labels(n, labels)
+        with self.evaluating():
+            return self._sample(n, labels, generator)
+
+    def _sample(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _sample_labels(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
+        name = type(self).__name__
+        if self.num_classes is None:
+            if labels is not None:
+                raise InputError(f"{name}.sample: labels given, but the model is not class-conditional.")
+            return None
+        if labels is None:
+            return torch.arange(n, device=self.device) % self.num_classes
+        labels = torch.as_tensor(labels, device=self.device).long()
+        if labels.shape != (n,) or labels.min() < 0 or labels.max() >= self.num_classes:
+            raise InputError(
+                f"{name}.sample: expected labels of shape ({n},) in 0..{self.num_classes - 1}, got "
+                f"shape {tuple(labels.shape)} with values {labels.min().item()}..{labels.max().item()}."
+            )
+        return labels
+
+    def noise(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal noise of ``shape`` on this module's device, drawn on the generator's device
+        (so one generator state gives the same noise on the CPU and on a GPU)."""
+        where = generator.device if generator is not None else self.device
+        return torch.randn(*shape, generator=generator, device=where).to(self.device)

@@ -1,0 +1,152 @@
+"""The module base: constructor preamble, several optimizers, eval toggling, the sample() contract."""
+
+import lightning as L
+import pytest
+import torch
+from jsonargparse import ArgumentParser
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_seq.errors import InputError
+from lightning_seq.modules import GenerativeModule, NetModule, Optimization
+
+
+class Regression(NetModule):
+    """A module that states only its own argument."""
+
+    def __init__(self, net: nn.Module, scale: float = 2.0, min_lr_ratio: float = 0.5, **kwargs):
+        super().__init__(net, min_lr_ratio=min_lr_ratio, **kwargs)
+        self.scale = scale
+
+    def _step(self, batch, stage: str) -> dict:
+        x, y = batch
+        return {"loss": (self.net(x) * self.scale - y).pow(2).mean()}
+
+
+def test_a_subclass_states_only_its_own_arguments_and_the_base_keeps_the_rest():
+    model = Regression(nn.Linear(3, 1), scale=3.0, warmup_steps=7, optimizer=torch.optim.SGD)
+    hp = dict(model.hparams)
+    expected = {"scale": 3.0, "min_lr_ratio": 0.5, "warmup_steps": 7, "lr_schedule": "cosine"}
+    assert hp == {**expected, "compile": False}
+    assert model.optimizer.factory is torch.optim.SGD and isinstance(model.net, nn.Linear)
+    with pytest.raises(InputError, match="lr_schedule"):
+        Regression(nn.Linear(3, 1), lr_schedule="linear")
+
+    # the command line sees the base's arguments through **kwargs, with the subclass's own default
+    parser = ArgumentParser()
+    parser.add_class_arguments(Regression, "model")
+    config = parser.parse_args(["--model.net=torch.nn.Identity", "--model.warmup_steps=5"])
+    assert (config.model.warmup_steps, config.model.min_lr_ratio, config.model.compile) == (5, 0.5, False)
+    assert config.model.scale == 2.0 and "optimizer" in config.model
+
+
+def test_evaluating_switches_to_eval_without_gradients_and_restores_the_mode():
+    model = Regression(nn.Sequential(nn.Linear(3, 3), nn.Dropout(0.5)))
+    model.train()
+    with model.evaluating():
+        assert not model.training and not model.net[1].training and not torch.is_grad_enabled()
+    assert model.training and torch.is_grad_enabled()
+    with pytest.raises(RuntimeError), model.evaluating():
+        raise RuntimeError("inside")
+    assert model.training
+    model.eval()
+    with model.evaluating():
+        pass
+    assert not model.training
+
+
+class TwoOptimizers(NetModule):
+    """Manual optimisation of two parts, each with its own optimizer and schedule."""
+
+    def __init__(self, net: nn.Module, **kwargs):
+        super().__init__(net, **kwargs)
+        self.automatic_optimization = False
+
+    def optimizations(self) -> dict[str, Optimization]:
+        return {
+            "first": Optimization(self.optimizer, self.net[0], warmup_steps=4, lr_schedule="constant"),
+            "second": Optimization(self.optimizer, self.net[1], lr_schedule="cosine", min_lr_ratio=0.0),
+        }
+
+    def training_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        for name in ("first", "second"):
+            optimizer = self.named_optimizer(name)
+            loss = (self.net(x) - y).pow(2).mean()
+            optimizer.zero_grad()
+            self.manual_backward(loss)
+            optimizer.step()
+            self.named_scheduler(name).step()
+
+
+def test_several_named_optimizers_each_update_their_part_on_their_own_schedule(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 1))
+    model = TwoOptimizers(net, optimizer=lambda params: torch.optim.SGD(params, lr=0.1))
+    data = DataLoader(TensorDataset(torch.randn(40, 4), torch.randn(40, 1)), batch_size=4)
+    trainer = L.Trainer(
+        max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, default_root_dir=tmp_path,
+    )  # fmt: skip
+    first = [p.clone() for p in net[0].parameters()]
+    trainer.fit(model, data)
+    first_opt, second_opt = (model.named_optimizer(n).optimizer for n in ("first", "second"))
+    owned = [{id(p) for g in o.param_groups for p in g["params"]} for o in (first_opt, second_opt)]
+    assert owned == [{id(p) for p in net[0].parameters()}, {id(p) for p in net[1].parameters()}]
+    assert all(not torch.equal(a, b) for a, b in zip(first, net[0].parameters(), strict=True))
+    # 10 steps each: the first is constant after its 4-step warmup, the second has decayed to 0
+    assert first_opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    assert second_opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    with pytest.raises(InputError, match="no optimizer 'third'; it has first, second"):
+        model.named_optimizer("third")
+
+
+def test_one_optimizer_by_default_over_every_parameter():
+    model = Regression(nn.Linear(3, 1), warmup_steps=2)
+    model.trainer = L.Trainer(max_steps=10, logger=False, enable_checkpointing=False)
+    setup = model.configure_optimizers()
+    assert isinstance(setup, dict) and setup["lr_scheduler"]["interval"] == "step"
+    assert sum(len(g["params"]) for g in setup["optimizer"].param_groups) == 2
+
+
+class Blobs(GenerativeModule):
+    """Images of one grey level per class plus noise: enough to check the sample() contract."""
+
+    def __init__(self, net: nn.Module, **kwargs):
+        super().__init__(net, **kwargs)
+        self.seen_training: bool | None = None
+
+    def _sample(self, n, labels, generator):
+        self.seen_training = self.training
+        level = torch.zeros(n, device=self.device) if labels is None else labels.float() / 10
+        images = level.view(n, 1, 1, 1) + 0.01 * self.noise(n, 1, 4, 4, generator=generator)
+        return self.net(images).clamp(0, 1)
+
+
+def test_sample_is_deterministic_for_a_generator_and_runs_in_eval_mode():
+    model = Blobs(nn.Identity(), pixels="unit")
+    a = model.sample(6, generator=torch.Generator().manual_seed(1))
+    b = model.sample(6, generator=torch.Generator().manual_seed(1))
+    c = model.sample(6, generator=torch.Generator().manual_seed(2))
+    assert a.shape == (6, 1, 4, 4) and torch.equal(a, b) and not torch.equal(a, c)
+    assert model.seen_training is False and model.training and a.device == model.device
+    with pytest.raises(InputError, match="not class-conditional"):
+        model.sample(2, labels=torch.tensor([0, 1]))
+    with pytest.raises(InputError, match="n >= 1"):
+        model.sample(0)
+
+
+def test_a_conditional_model_cycles_through_the_classes_or_takes_the_labels_given():
+    model = Blobs(nn.Identity(), pixels="unit", conditional=True, num_classes=3)
+    images = model.sample(6, generator=torch.Generator().manual_seed(0))
+    levels = images.mean(dim=(1, 2, 3))
+    assert torch.allclose(levels, torch.tensor([0.0, 0.1, 0.2, 0.0, 0.1, 0.2]), atol=0.01)
+    given = model.sample(2, labels=torch.tensor([2, 2]))
+    assert torch.allclose(given.mean(dim=(1, 2, 3)), torch.tensor([0.2, 0.2]), atol=0.01)
+    with pytest.raises(InputError, match=r"labels of shape \(2,\) in 0..2"):
+        model.sample(2, labels=torch.tensor([0, 3]))
+    with pytest.raises(InputError, match="needs the number of classes"):
+        Blobs(nn.Identity(), conditional=True)
+    with pytest.raises(InputError, match=r"model\.pixels"):
+        Blobs(nn.Identity(), pixels="float")
+    assert Blobs(nn.Identity(), num_classes=3).num_classes is None  # linked, but not conditional
