@@ -11,13 +11,12 @@ checkpoints go to its ``checkpoints/``. Resuming continues the same folder and t
 The W&B run id is read from the checkpoint (see :class:`~lightning_seq.callbacks.RunIdentity`).
 """
 
+import glob
 import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from lightning_seq.errors import InputError
+from lightning_seq.checkpointing import names_a_file, newest_match, read_checkpoint
 
 _VERSIONED = ("CSVLogger", "TensorBoardLogger")  # loggers whose folder is save_dir/name/version
 _DEFAULT_NAME = "lightning_logs"
@@ -54,21 +53,12 @@ def runs_folder(trainer: Any) -> Path:
     return Path(trainer.get("default_root_dir") or ".") / _DEFAULT_NAME
 
 
-def newest_last_checkpoint(folder: Path) -> Path:
-    """The newest ``<folder>/*/checkpoints/last.ckpt``; a clear error when there is none."""
-    found = sorted(folder.glob("*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise InputError(
-            f"--ckpt_path last: no run under '{folder}' has a checkpoints/last.ckpt. Fix: train first, "
-            "give the checkpoint's path, or save last checkpoints (ModelCheckpoint save_last: true)."
-        )
-    return found[-1]
-
-
-def wandb_id(checkpoint: Path) -> str | None:
+def wandb_id(checkpoint: Path, weights_only: bool = True) -> str | None:
     """The W&B run id kept in a checkpoint by RunIdentity, if any."""
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
-    return (state.get("callbacks", {}).get("RunIdentity") or {}).get("wandb_id")
+    state = read_checkpoint(checkpoint, weights_only=weights_only)  # mapped: only this entry is read
+    callbacks = state.get("callbacks")
+    identity = callbacks.get("RunIdentity") if isinstance(callbacks, dict) else None
+    return identity.get("wandb_id") if isinstance(identity, dict) else None
 
 
 def plan_fit(config: Any) -> None:
@@ -78,7 +68,12 @@ def plan_fit(config: Any) -> None:
     ckpt, version = config.get("ckpt_path"), None
     job = slurm_job()
     if ckpt == "last":
-        ckpt = str(newest_last_checkpoint(folder))
+        fix = (
+            f"train first (no run under '{folder}' has saved a last.ckpt yet), give the checkpoint's path, "
+            "or save last checkpoints (ModelCheckpoint save_last: true)."
+        )
+        pattern = os.path.join(glob.escape(str(folder)), "*", "checkpoints", "last.ckpt")
+        ckpt = str(newest_match(pattern, "--ckpt_path last", fix))
     elif job is not None:
         version = f"slurm-{job}"
         last = folder / version / "checkpoints" / "last.ckpt"
@@ -89,7 +84,8 @@ def plan_fit(config: Any) -> None:
         if path.parent.name == "checkpoints" and path.parent.parent.parent.resolve() == folder.resolve():
             version = path.parent.parent.name  # continue in the checkpoint's own run folder
     config["ckpt_path"] = ckpt
-    run_id = wandb_id(Path(ckpt)) if ckpt is not None and Path(ckpt).is_file() else None
+    weights_only = config.get("weights_only") is not False
+    run_id = wandb_id(Path(ckpt), weights_only) if names_a_file(ckpt) else None
     for logger in _loggers(trainer):
         args = logger.get("init_args")
         if args is None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from lightning_seq.checkpointing import read_checkpoint
 from lightning_seq.errors import InputError
 
 PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|bos|>", "<|eos|>"
@@ -150,17 +151,8 @@ def load_tokenizer_file(path: str | Path) -> Tokenizer:
 
 def load_checkpoint_tokenizer(path: Path) -> Tokenizer:
     """The tokenizer stored in a lightning_seq checkpoint (``checkpoint["tokenizer"]``, JSON text)."""
-    import torch
-
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # truncated or foreign file
-        raise InputError(
-            f"data.tokenizer.kind: '{path}' is not a readable checkpoint ({type(err).__name__}: "
-            f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}). "
-            "Fix: give a .ckpt written by `lightning fit`."
-        ) from None
-    text = checkpoint.get("tokenizer") if isinstance(checkpoint, dict) else None
+    checkpoint = read_checkpoint(path, field="data.tokenizer.kind")
+    text = checkpoint.get("tokenizer")
     if not isinstance(text, str):
         raise InputError(
             f"data.tokenizer.kind: checkpoint '{path}' holds no tokenizer (it was not trained on text "
