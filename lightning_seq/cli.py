@@ -21,11 +21,10 @@ from collections.abc import Callable
 from importlib import metadata, util
 from pathlib import Path
 
-import torch
 import yaml
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.plugins.io import CheckpointIO
 from rich.console import Console
 from rich.panel import Panel
@@ -39,7 +38,7 @@ from lightning_seq.callbacks.fault_tolerance import (
     RunIdentity,
     listen_for,
 )
-from lightning_seq.checkpointing import AtomicCheckpointIO
+from lightning_seq.checkpointing import AtomicCheckpointIO, names_a_file, read_checkpoint
 from lightning_seq.errors import InputError
 from lightning_seq.loggers import SaveConfig
 from lightning_seq.runs import plan_fit, slurm_job
@@ -48,23 +47,50 @@ from lightning_seq.utils import run_dir
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "submit")
 
-# DataModule attribute -> model argument. A link whose source attribute does not exist for the
-# DataModule of a recipe is skipped, so one list serves every family. One that exists is applied, and
-# the model must accept it: hence source names that only the intended DataModules have (the
-# TextDataModule also has an ``eos_id``, which no language model takes).
+# DataModule attribute -> model (or net) argument. A link applies only where both ends exist: the
+# recipe's DataModule has the attribute (an unlabelled image DataModule has no ``num_classes``) AND the
+# recipe's model or net takes the argument (a language model takes no ``eos_id``, an unconditional
+# generative model no ``classes``). Every other link is skipped, so one list serves every family.
 LINKS = (
     ("data.vocab_size", "model.init_args.net.init_args.vocab_size"),
-    ("data.pad_id", "model.init_args.pad_id"),
-    ("data.carry_state", "model.init_args.carry_state"),
-    ("data.num_classes", "model.init_args.net.init_args.num_classes"),
-    ("data.image_size", "model.init_args.net.init_args.image_size"),
-    ("data.in_channels", "model.init_args.net.init_args.in_channels"),
-    ("data.classes", "model.init_args.classes"),
     ("data.src_vocab_size", "model.init_args.net.init_args.src_vocab_size"),
     ("data.tgt_vocab_size", "model.init_args.net.init_args.tgt_vocab_size"),
-    ("data.tgt_bos_id", "model.init_args.bos_id"),
-    ("data.tgt_eos_id", "model.init_args.eos_id"),
+    ("data.pad_id", "model.init_args.pad_id"),
+    ("data.bos_id", "model.init_args.bos_id"),
+    ("data.eos_id", "model.init_args.eos_id"),
+    ("data.carry_state", "model.init_args.carry_state"),
+    ("data.num_classes", "model.init_args.net.init_args.num_classes"),
+    ("data.num_classes", "model.init_args.num_classes"),
+    ("data.classes", "model.init_args.classes"),
+    ("data.image_size", "model.init_args.net.init_args.image_size"),
+    ("data.in_channels", "model.init_args.net.init_args.in_channels"),
+    ("data.pixels", "model.init_args.pixels"),
 )
+
+
+class _TargetAwareInstantiator(_InstantiatorFn):
+    """Lightning's model instantiator, given only the links whose target the model or its net takes.
+
+    jsonargparse skips a link whose target the chosen classes lack, but still reports it as applied,
+    and Lightning then writes its value into the model's saved hyperparameters (which a reload would
+    pass to a constructor that does not take it). The links that did apply are kept on the CLI, as
+    ``applied_links`` (target -> value).
+    """
+
+    def __call__(self, class_type: type, *args, applied_instantiation_links: dict, **kwargs):
+        config = self.cli.config.get(str(self.cli.subcommand), self.cli.config)
+        taken = {key: value for key, value in applied_instantiation_links.items() if key in config}
+        self.cli._dump_config()
+        saved = self.cli.config_dump.get(self.key, {})
+        for key in taken:  # a net whose every argument is linked is dumped without its init_args
+            _nested_dict(saved, key.split(".")[1:-1])
+        self.cli.applied_links.update(taken)
+        return super().__call__(class_type, *args, applied_instantiation_links=taken, **kwargs)
+
+
+def _nested_dict(root: dict, keys: list[str]) -> None:
+    for key in keys:
+        root = root.setdefault(key, {})
 
 
 class _Parser(LightningArgumentParser):
@@ -78,6 +104,7 @@ class LightningSeqCLI(LightningCLI):
     """LightningCLI with data-to-model links; any LightningModule / LightningDataModule by class_path."""
 
     def __init__(self, args: list[str] | None = None, run: bool = True):
+        self.applied_links: dict[str, object] = {}  # link target -> value, once the model is built
         super().__init__(
             LightningModule,
             LightningDataModule,
@@ -101,6 +128,19 @@ class LightningSeqCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
+
+    def _add_instantiators(self) -> None:
+        """Lightning's instantiators of the model and the data, the model's aware of link targets."""
+        self.parser.add_instantiator(
+            _TargetAwareInstantiator(cli=self, key="model"),
+            _get_module_type(self._model_class),
+            subclasses=self.subclass_mode_model,
+        )
+        self.parser.add_instantiator(
+            _InstantiatorFn(cli=self, key="data"),
+            _get_module_type(self._datamodule_class),
+            subclasses=self.subclass_mode_data,
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         if isinstance(args, dict):  # LightningCLI(args={...}) from Python
@@ -225,24 +265,36 @@ def with_checkpoint_model(argv: list[str]) -> list[str]:
     Precedence, lowest first: recipe files, the checkpoint's model (its architecture must match
     the weights), then any ``--model...`` override that follows, e.g. decoding settings for
     ``predict``. (Lightning alone applies the checkpoint last, over the command line.)
+
+    The checkpoint is read as ``--weights_only`` says (weights-only unless it is ``false``), so a bad
+    ``--ckpt_path`` (missing, a folder, truncated, not a checkpoint, holding Python objects) is one
+    clear error here, before a run folder exists. Lightning's own words (``last``, ``best``...) and
+    URLs are left to the run.
     """
-    path = None
+    values: dict[str, str] = {}
     for i, arg in enumerate(argv):
-        if arg == "--ckpt_path" and i + 1 < len(argv):
-            path = argv[i + 1]
-        elif arg.startswith("--ckpt_path="):
-            path = arg.split("=", 1)[1]
-    if path is None or not Path(path).is_file():
+        for option in ("--ckpt_path", "--weights_only"):
+            if arg == option and i + 1 < len(argv):
+                values[option] = argv[i + 1]
+            elif arg.startswith(f"{option}="):
+                values[option] = arg.split("=", 1)[1]
+    path = values.get("--ckpt_path")
+    if not names_a_file(path):
         return argv
+    weights_only = values.get("--weights_only", "").strip().lower() != "false"
     # mmap: only the hyperparameters are read here; Lightning loads the weights later
-    hparams = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("hyper_parameters") or {}
-    hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
-    if "_class_path" not in hparams:
+    hparams = read_checkpoint(path, field="--ckpt_path", weights_only=weights_only).get("hyper_parameters")
+    if not isinstance(hparams, dict) or "_class_path" not in hparams:
         return argv
+    hparams = {k: v for k, v in hparams.items() if k != "_instantiator"}
     model = {"class_path": hparams.pop("_class_path"), "init_args": hparams}
+    try:
+        model_json = json.dumps(model)
+    except TypeError:  # live Python objects (--weights_only false): the recipe's model stays
+        return argv
     configs = _config_args(argv)
     at = max(configs[-1][0] if configs else 0, 1)  # after the last --config, the subcommand at least
-    return [*argv[:at], f"--model={json.dumps(model)}", *argv[at:]]
+    return [*argv[:at], f"--model={model_json}", *argv[at:]]
 
 
 def _input_error(err: BaseException | None) -> InputError | None:

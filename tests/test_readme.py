@@ -63,3 +63,12 @@ def test_subclass_example_runs():
     tokens = torch.randint(1, 10, (2, 9))
     out = model._step(tokens, "val")
     assert out["num_tokens"] == 16 and torch.isfinite(out["loss"])
+
+
+def test_new_objective_example_states_only_its_own_arguments():
+    code = re.findall(r"```python\n(.*?)```", README, flags=re.S)[1]
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    model = namespace["MyObjective"](torch.nn.Linear(3, 1), temperature=2.0, warmup_steps=5)
+    assert model.hparams.temperature == 2.0 and model.hparams.warmup_steps == 5
+    assert torch.isfinite(model._step(torch.randn(4, 3), "train")["loss"])
