@@ -197,21 +197,13 @@ class ParallelTextDataModule(CachedDataModule):
 
     @property
     def bos_id(self) -> int:
+        """The token that starts every target, the decoder's first input (linked into ``model.bos_id``)."""
         return self.meta["special_ids"]["bos"]
 
     @property
     def eos_id(self) -> int:
+        """The token that ends every target (linked into ``model.eos_id``)."""
         return self.meta["special_ids"]["eos"]
-
-    @property
-    def tgt_bos_id(self) -> int:
-        """The target side's start token, for the decoder (the CLI links it into ``model.bos_id``)."""
-        return self.bos_id
-
-    @property
-    def tgt_eos_id(self) -> int:
-        """The target side's end token (the CLI links it into ``model.eos_id``)."""
-        return self.eos_id
 
     @property
     def src_tokenizer(self) -> Tokenizer:
