@@ -10,6 +10,7 @@ import pytest
 import torch
 from imagefiles import class_folders, loose_images, random_image, save_image, write_hub_layout
 from PIL import Image
+from trainers import quiet_trainer
 
 from lightning_seq.data import scenes
 from lightning_seq.data.augment import ImageAugment
@@ -482,14 +483,6 @@ class SaveAt(L.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == self.step:
             trainer.save_checkpoint(self.path)
-
-
-def quiet_trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-    )  # fmt: skip
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def test_dynamic_binarisation_is_new_every_epoch_and_the_same_after_a_resume(tmp_path):

@@ -4,11 +4,11 @@ import copy
 import functools
 import threading
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from trainers import quiet_trainer
 
 from lightning_seq.data import ImageAugment, ImageDataModule
 from lightning_seq.errors import InputError
@@ -19,14 +19,6 @@ from lightning_seq.nets import ResNet, ViT
 SMALL = {"num_train": 384, "num_val": 96, "num_test": 96, "batch_size": 32, "num_workers": 0}
 
 
-def trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-    )  # fmt: skip
-    return L.Trainer(**{**defaults, **kwargs})
-
-
 def test_learns_the_colours_of_the_embedded_scenes(tmp_path):
     torch.manual_seed(0)
     dm = ImageDataModule(label_by="color", image_size=16, augment=ImageAugment(crop_scale=None), **SMALL)
@@ -35,7 +27,7 @@ def test_learns_the_colours_of_the_embedded_scenes(tmp_path):
     model = ImageClassifier(
         net, optimizer=lambda p: torch.optim.AdamW(p, lr=1e-2), warmup_steps=5, classes=dm.classes
     )
-    run = trainer(tmp_path, max_epochs=12)
+    run = quiet_trainer(tmp_path, max_epochs=12)
     run.fit(model, dm)
     acc = run.validate(model, dm, verbose=False)[0]["val/acc"]
     assert acc >= 0.9, f"val/acc {acc:.3f} after 144 steps on 6 colours; expected >= 0.9"
@@ -87,7 +79,7 @@ def test_a_deit_student_learns_the_teachers_answers_in_its_distillation_head(tmp
     model = ImageClassifier(net, optimizer=lambda p: torch.optim.AdamW(p, lr=3e-3), warmup_steps=5,
                             classes=dm.classes, distill_alpha=0.5)  # fmt: skip
     model.use_teacher(Constant(dm.num_classes, k=2))
-    trainer(tmp_path, max_epochs=4).fit(model, dm)
+    quiet_trainer(tmp_path, max_epochs=4).fit(model, dm)
     images = dm.transform(next(iter(dm.val_dataloader())), train=False)["image"]
     with torch.no_grad():
         cls_logits, dist_logits = model.net.forward_heads(images)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clitools import run_python
+from trainers import quiet_trainer
 
 from lightning_seq.data import ParallelTextDataModule
 from lightning_seq.decoding import GenerationConfig
@@ -18,14 +19,6 @@ from lightning_seq.nets import RNNLM, RNNSeq2Seq, TransformerSeq2Seq
 SMALL = {"train_size": 3000, "val_size": 128, "test_size": 128, "batch_size": 32}
 SOURCES = ["three hundred forty-two", "seven", "nineteen thousand nine hundred ninety-nine"]
 GREEDY = GenerationConfig(strategy="greedy", max_new_tokens=10)
-
-
-def trainer(tmp_path, **kwargs) -> L.Trainer:
-    defaults = dict(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, num_sanity_val_steps=0,
-    )  # fmt: skip
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 def make(net_class=TransformerSeq2Seq, **kwargs) -> tuple[Seq2Seq, ParallelTextDataModule]:
@@ -43,7 +36,7 @@ def trained(tmp_path_factory) -> tuple[Seq2Seq, ParallelTextDataModule, L.Traine
     """The tiny Transformer after 150 steps on the number words (a model that has learned a little)."""
     L.seed_everything(0)
     model, dm = make(decode_val_batches=2)
-    run = trainer(
+    run = quiet_trainer(
         tmp_path_factory.mktemp("seq2seq"),
         max_steps=150,
         val_check_interval=150,
@@ -75,7 +68,7 @@ def test_validation_scores_are_those_of_the_decoded_text(trained, tmp_path):
     references = model.detokenize(batch["tgt"][:, 1:])
     assert all(r.isdigit() for r in references) and len(hypotheses) == len(references)
     exact = sum(h == r for h, r in zip(hypotheses, references, strict=True)) / len(references)
-    result = trainer(tmp_path, limit_val_batches=1).validate(model, dm, verbose=False)[0]
+    result = quiet_trainer(tmp_path, limit_val_batches=1).validate(model, dm, verbose=False)[0]
     assert result["val/exact_match"] == pytest.approx(exact)
     assert model.translate(SOURCES) == model.detokenize(model.translate_tokens(model.encode_sources(SOURCES)))
 
@@ -120,7 +113,7 @@ def test_checkpoint_translates_identically_in_a_fresh_process(trained, tmp_path)
 def test_rnn_net_trains_and_predicts_through_the_module(tmp_path):
     L.seed_everything(0)
     model, dm = make(RNNSeq2Seq, decode_val_batches=0)
-    run = trainer(tmp_path, max_steps=3, val_check_interval=3, limit_val_batches=1)
+    run = quiet_trainer(tmp_path, max_steps=3, val_check_interval=3, limit_val_batches=1)
     run.fit(model, dm)
     assert "val/loss" in run.callback_metrics and "val/bleu4" not in run.callback_metrics  # no decoding
     dm.inputs = SOURCES
