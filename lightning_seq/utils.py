@@ -1,9 +1,12 @@
 """Small helpers shared by the data, callback and CLI code."""
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 
@@ -37,3 +40,17 @@ def plain_hparams(owner: L.LightningModule | L.LightningDataModule) -> None:
                 del hparams[key]
             elif is_dataclass(value):
                 hparams[key] = asdict(value)
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """Inference inside: eval mode (no dropout, running norm statistics) and no gradients. Every
+    submodule's own mode is restored on the way out, also after an error."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training

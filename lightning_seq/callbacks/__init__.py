@@ -1,19 +1,24 @@
 """Callbacks shared by every family: gradient clipping/monitoring, perplexity, sample generation,
-labelled image grids, and fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run id)."""
+labelled image grids, generative image samples and their quality (FID, KID, conditional accuracy),
+and fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run id)."""
 
 from lightning_seq.callbacks.fault_tolerance import NonFiniteLoss, RequeueOnSignal, RunIdentity
 from lightning_seq.callbacks.gradients import GradientClipping
-from lightning_seq.callbacks.images import ImagePredictions
+from lightning_seq.callbacks.images import ImagePredictions, ImageSamples
 from lightning_seq.callbacks.perplexity import Perplexity, TokenNLL
+from lightning_seq.callbacks.quality import FeatureNetTraining, SampleQuality
 from lightning_seq.callbacks.samples import SampleGeneration
 
 __all__ = [
+    "FeatureNetTraining",
     "GradientClipping",
     "ImagePredictions",
+    "ImageSamples",
     "NonFiniteLoss",
     "Perplexity",
     "RequeueOnSignal",
     "RunIdentity",
     "SampleGeneration",
+    "SampleQuality",
     "TokenNLL",
 ]

@@ -3,8 +3,7 @@ train/val/test hooks, the optimizers of the recipe with their warmup + cosine sc
 switch for inference, and the per-rank state that makes resuming exact."""
 
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import lightning as L
@@ -22,7 +21,7 @@ from lightning_seq.modules._optim import (
     configure_optimization,
 )
 from lightning_seq.modules._resume import gather_ranks, own_rank, rng_state, set_rng_state
-from lightning_seq.utils import plain_hparams
+from lightning_seq.utils import evaluating, plain_hparams
 
 
 @dataclass
@@ -114,17 +113,10 @@ class NetModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> dict:
         return self._step(batch, "test")
 
-    @contextmanager
-    def evaluating(self) -> Iterator[None]:
-        """Inference inside: eval mode (no dropout, running norm statistics) and no gradients; the
-        previous mode is restored on the way out, also after an error."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
+    def evaluating(self) -> AbstractContextManager[None]:
+        """``with self.evaluating():`` inference in eval mode without gradients; every submodule's own
+        mode comes back afterwards (:func:`~lightning_seq.utils.evaluating`)."""
+        return evaluating(self)
 
     # -------------------------------------------------------------------------------- optimizers
     def optimizations(self) -> dict[str, Optimization]:

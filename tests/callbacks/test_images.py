@@ -1,8 +1,12 @@
-"""ImagePredictions: the labelled grid shows each image with its caption, green when right, red when wrong."""
+"""Image grids: ImagePredictions' labelled grid (captions green when right, red when wrong), and
+ImageSamples' grids of a generative model's samples (per class rows, fixed seed, eval mode)."""
 
+import lightning as L
 import numpy as np
 import torch
+from PIL import Image
 
+from lightning_seq.callbacks import ImageSamples
 from lightning_seq.callbacks.images import draw_grid
 
 
@@ -32,3 +36,67 @@ def test_grid_places_every_image_and_colours_captions_by_correctness():
 def test_grey_images_are_drawn_too():
     grid = draw_grid(torch.full((2, 1, 4, 4), 0.5), [0, 1], [0, 1], None, tile_size=16)
     assert np.asarray(grid)[2, 2].tolist() == [128, 128, 128]
+
+
+# ------------------------------------------------------------------------------------ ImageSamples
+class Flat(L.LightningModule):
+    """The generative contract at its simplest: flat grey images whose intensity is ``(class + 1) / 8``
+    (conditional) or a uniform draw of the generator (unconditional); one weight, trained."""
+
+    def __init__(self, num_classes: int | None = None, classes: list[str] | None = None):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(()))
+        self.num_classes, self.classes, self.pixels = num_classes, classes, "symmetric"
+        self.modes: list[bool] = []  # the module's training flag at each sample() call
+
+    def sample(self, n: int, *, labels=None, generator=None) -> torch.Tensor:
+        self.modes.append(self.training)
+        value = (labels.float() + 1) / 8 if labels is not None else torch.rand(n, generator=generator)
+        return (value.view(n, 1, 1, 1) * 2 - 1).expand(n, 1, 6, 6)  # symmetric pixels in [-1, 1]
+
+    def training_step(self, batch, batch_idx):
+        return (self.weight - 1) ** 2
+
+    def train_dataloader(self):
+        return torch.utils.data.DataLoader(torch.zeros(8, 1), batch_size=2)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([self.weight], lr=0.1)
+
+
+def fit_with(callback, module, tmp_path, max_steps=3) -> L.Trainer:
+    trainer = L.Trainer(
+        default_root_dir=tmp_path, accelerator="cpu", max_steps=max_steps, logger=False, callbacks=[callback],
+        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+    )  # fmt: skip
+    trainer.fit(module)
+    return trainer
+
+
+def test_samples_of_a_conditional_model_come_in_one_row_per_class(tmp_path):
+    module = Flat(num_classes=3, classes=["red", "green", "blue"])
+    fit_with(ImageSamples(per_class=4, every_n_steps=2, every_n_epochs=None, tile_size=12), module, tmp_path)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000002.png"]
+    grid = np.asarray(Image.open(tmp_path / "samples" / "step_000002.png").convert("RGB")).astype(int)
+    tile = 12  # 6 px scaled 2x
+    assert grid.shape == (3 * (tile + 14 + 4), 4 * (tile + 4), 3)  # 3 class rows of 4, captioned
+    for row in range(3):
+        for col in range(4):
+            x, y = col * (tile + 4) + 2, row * (tile + 14 + 4) + 2
+            expected = round((row + 1) / 8 * 255)  # symmetric samples back in [0, 1] through pixels.to_unit
+            assert np.abs(grid[y : y + tile, x : x + tile] - expected).max() <= 1, (row, col)
+        caption = grid[y + tile : y + tile + 14, 2 : 2 + 4 * (tile + 4)]
+        assert (caption < 128).any()  # the class name is written under the tiles
+    assert module.modes == [False] and module.training  # drawn in eval mode, training mode restored
+
+
+def test_samples_are_the_same_for_the_same_seed(tmp_path):
+    grids = []
+    for i, seed in enumerate((0, 0, 1)):
+        callback = ImageSamples(num_images=9, every_n_epochs=1, seed=seed, tile_size=12)
+        fit_with(callback, Flat(), tmp_path / str(i), max_steps=4)  # one epoch of 4 batches
+        (path,) = (tmp_path / str(i) / "samples").iterdir()
+        assert path.name == "step_000004.png"
+        grids.append(np.asarray(Image.open(path)))
+    assert grids[0].shape == (3 * (12 + 4), 3 * (12 + 4), 3)  # unconditional: a square grid, no captions
+    assert (grids[0] == grids[1]).all() and not (grids[0] == grids[2]).all()
