@@ -9,15 +9,8 @@ import pytest
 
 
 def isolated_env(base: Path) -> dict[str, str]:
-    """Caches and W&B settings in temporary folders; nothing reaches the network.
-
-    ``MKL_CBWR=AUTO,STRICT``: MKL's reproducible mode, so that two processes on this CPU compute the
-    same floats. Without it MKL may take other code paths for differently aligned buffers and round
-    differently (1e-7) between two identical runs, and the bitwise resume tests could not tell a
-    resume bug from that noise.
-    """
+    """Caches and W&B settings in temporary folders; nothing reaches the network."""
     return {
-        "MKL_CBWR": "AUTO,STRICT",
         "LIGHTNING_SEQ_CACHE": str(base / "cache"),
         "HF_HOME": str(base / "hf"),
         "HF_DATASETS_OFFLINE": "1",
