@@ -113,6 +113,15 @@ class NetModule(L.LightningModule):
     def test_step(self, batch, batch_idx: int) -> dict:
         return self._step(batch, "test")
 
+    def log_loss(self, stage: str, loss: torch.Tensor, batch_size: int) -> None:
+        """Log ``stage/loss`` on the progress bar: every step in training; in validation and test, the
+        epoch's mean over batches and ranks."""
+        train = stage == "train"
+        self.log(
+            f"{stage}/loss", loss, prog_bar=True, on_step=train, on_epoch=not train, sync_dist=not train,
+            batch_size=batch_size,
+        )  # fmt: skip
+
     def evaluating(self) -> AbstractContextManager[None]:
         """``with self.evaluating():`` inference in eval mode without gradients; every submodule's own
         mode comes back afterwards (:func:`~lightning_seq.utils.evaluating`)."""

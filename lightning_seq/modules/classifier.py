@@ -117,10 +117,9 @@ class _LabelledTextModule(TokenizersInCheckpoints, NetModule):
         size = tokens.size(0)
         logits = self(tokens)  # (B, K) or (B, T, K)
         loss = self.compute_loss(logits, labels)
+        self.log_loss(stage, loss, size)
         if stage == "train":
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
             return {"loss": loss}
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=size)
         flat_logits, flat_labels = self.flat(logits.detach(), labels)
         for name, metric in self.metrics[stage].items():
             metric(flat_logits, flat_labels)

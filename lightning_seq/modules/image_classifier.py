@@ -128,11 +128,11 @@ class ImageClassifier(NetModule):
         size = images.size(0)
         if stage == "train":
             loss = self._train_loss(images, batch.get("target", labels))
-            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=size)
+            self.log_loss(stage, loss, size)
             return {"loss": loss}
         logits = self(images)  # (B, K)
         loss = self.compute_loss(logits, labels)
-        self.log(f"{stage}/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=size)
+        self.log_loss(stage, loss, size)
         for name, metric in self.metrics[stage].items():
             metric(logits, labels)
             self.log(f"{stage}/{name}", metric, prog_bar=name == "acc", on_epoch=True, batch_size=size)

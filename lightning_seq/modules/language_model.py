@@ -65,11 +65,7 @@ class LanguageModel(TokenizersInCheckpoints, NetModule):
             self._carried[stage] = detach_state(state)
         nll_sum, num_tokens = self.compute_loss(logits, targets)
         loss = nll_sum / num_tokens.clamp(min=1)
-        train = stage == "train"
-        self.log(
-            f"{stage}/loss", loss, prog_bar=True, on_step=train, on_epoch=not train, sync_dist=not train,
-            batch_size=inputs.size(0),
-        )  # fmt: skip
+        self.log_loss(stage, loss, inputs.size(0))
         return {"loss": loss, "nll_sum": nll_sum.detach(), "num_tokens": num_tokens}
 
     def on_train_epoch_start(self) -> None:

@@ -105,12 +105,8 @@ class Seq2Seq(TokenizersInCheckpoints, NetModule):
         logits = self(src, tgt[:, :-1])  # (B, T, V)
         loss_sum, num_tokens = self.compute_loss(logits, targets)
         loss = loss_sum / num_tokens.clamp(min=1)
-        train = stage == "train"
-        self.log(
-            f"{stage}/loss", loss, prog_bar=True, on_step=train, on_epoch=not train, sync_dist=not train,
-            batch_size=src.size(0),
-        )  # fmt: skip
-        if train:
+        self.log_loss(stage, loss, src.size(0))
+        if stage == "train":
             return {"loss": loss}
         nll_sum = F.cross_entropy(  # unsmoothed, for the Perplexity callback
             logits.flatten(0, 1).float(), targets.flatten(), ignore_index=self.pad_id, reduction="sum"
