@@ -1,5 +1,6 @@
 """Shared fixtures: an isolated cache and W&B environment, a small corpus, and a CLI runner."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -67,3 +68,15 @@ def cli(tmp_path_factory):
         )  # fmt: skip
 
     return run
+
+
+@pytest.fixture
+def lightning_log(caplog):
+    """``caplog``, with the lines of Lightning's logger too (``rank_zero_info``; it does not propagate)."""
+    logger = logging.getLogger("lightning.pytorch")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="lightning.pytorch")
+    try:
+        yield caplog
+    finally:
+        logger.removeHandler(caplog.handler)

@@ -162,6 +162,7 @@ def _class_folders(root: Path, files: dict[str, list[str]]) -> dict:
                     f"class's folder, {NO_LABELS_FIX}."
                 )
             labels.setdefault(split, []).append(below[0])
+    _check_class_folders(root, {split: set(names) for split, names in labels.items()})
     classes = sorted({c for names in labels.values() for c in names})
     if len(classes) < 2:
         raise InputError(
@@ -175,6 +176,41 @@ def _class_folders(root: Path, files: dict[str, list[str]]) -> dict:
         split: datasets.Dataset.from_dict({"image": paths, "label": labels[split]}, features=features)
         for split, paths in files.items()
     }
+
+
+def _check_class_folders(root: Path, found: dict[str, set[str]]) -> None:
+    """Refuse a class folder without images, and a class of val/ or test/ that train lacks (a model
+    cannot learn it); ``found``: the classes each split has images of."""
+    folders = list(_class_dirs(root))
+    for split, folder in folders:
+        if folder.name not in found.get(split, ()):
+            raise InputError(
+                f"data.dataset: class folder '{folder}' holds no images, so its class would silently be "
+                "left out. Fix: add its images, or remove the folder."
+            )
+    train = found.get("train", set())
+    for split, folder in folders:
+        if split != "train" and folder.name not in train:
+            shown = ", ".join(sorted(train)[:20]) + (", ..." if len(train) > 20 else "")
+            raise InputError(
+                f"data.dataset: class folder '{folder}' has no counterpart in the train split: class "
+                f"'{folder.name}' is not one of the train classes ({shown}), so no model can learn it. "
+                f"Fix: add a train folder of its images, or remove '{folder}'."
+            )
+
+
+def _class_dirs(root: Path):
+    """``(split, folder)`` for every visible class folder: below ``root``, or below its split folders."""
+
+    def visible_dirs(folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "__")))
+
+    for child in visible_dirs(root):
+        split = next((s for s, aliases in SPLIT_ALIASES.items() if child.name.lower() in aliases), None)
+        if split is None:
+            yield "train", child
+        else:
+            yield from ((split, folder) for folder in visible_dirs(child))
 
 
 def read_hub(name: str, config: str | None, kind: str = "hub") -> dict:
@@ -278,6 +314,15 @@ def class_ids(splits: dict, column: str, where: str, fixed: Sequence[str] | None
             f"data.label_column: column '{column}' of '{where}' has empty cells. Fix: fill them in."
         )
     if fixed is None:
+        train = set(values["train"])
+        for split, vs in values.items():
+            extra = sorted(set(vs) - train, key=str)
+            if extra:
+                raise InputError(
+                    f"data.label_column: the {split} split of '{where}' has the class {extra[0]!r} (column "
+                    f"'{column}'), which the train split lacks, so no model can learn it. Fix: add train "
+                    f"images of it, or remove it from the {split} split."
+                )
         distinct = sorted({v for vs in values.values() for v in vs})
         classes = [str(v) for v in distinct]
         index = {v: i for i, v in enumerate(distinct)}

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from lightning_seq.data import pixels as px
 from lightning_seq.data import scenes
 from lightning_seq.data.augment import BatchAugment, ImageAugment
-from lightning_seq.data.cache import CachedDataModule, build_once, default_cache_dir, key_of
+from lightning_seq.data.cache import MANIFEST, CachedDataModule, build_once, default_cache_dir, key_of
 from lightning_seq.data.decode import ImageRef, decode_image
 from lightning_seq.data.image_sources import (
     EMBEDDED,
@@ -221,6 +221,7 @@ class ImageDataModule(CachedDataModule):
         self._hub: dict | None = None
         self._batch_augment: BatchAugment | None = None
         self._norm: dict = {}
+        self._scenes_checked = False
         self.cache_hit: bool | None = None  # after preparation: whether the cache already existed
 
     def _check_args(self, args: dict) -> None:
@@ -372,6 +373,8 @@ class ImageDataModule(CachedDataModule):
             InputError: some images are unreadable and ``skip_bad_images`` is off, or the classes are not
                 the expected ones.
         """
+        if self.kind == "embedded":
+            self._write_embedded()  # the index points into the scenes: they are checked at every start too
         super().prepare_data()
         if self._meta is None:
             meta = json.loads((self.cache_path / "meta.json").read_text())
@@ -381,13 +384,17 @@ class ImageDataModule(CachedDataModule):
             self._meta = meta
 
     def _write_embedded(self) -> None:
-        """Write the embedded scenes once (another process may be doing it: the lock waits for it)."""
+        """Write the embedded scenes once (another process may be doing it: the lock waits for it), or
+        again when they no longer match their manifest; checked once per DataModule."""
+        if self._scenes_checked:
+            return
         settings = (self.min_objects, self.max_objects, None, self.object_size)
         build_once(
             self.scenes_path,
             lambda out: scenes.fill_scene_folder(out, self.image_size, self.sizes, self.seed, *settings),
-            done="train/metadata.jsonl",
+            done=MANIFEST,
         )
+        self._scenes_checked = True
 
     def _read_source(self) -> tuple[dict, str, str | None, list[str] | None]:
         """The source's train/val/test splits, its image and label columns, and fixed class names."""

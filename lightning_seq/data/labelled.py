@@ -44,7 +44,13 @@ from lightning_seq.data import embedded_tasks, sources
 from lightning_seq.data.cache import CachedDataModule, default_cache_dir, key_of
 from lightning_seq.data.ragged import Ragged, id_dtype, pad, write_ragged
 from lightning_seq.data.resumable import batched_loader, rank_and_world
-from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, encode_texts, special_ids
+from lightning_seq.data.tokenizers import (
+    TokenizerConfig,
+    build_tokenizer,
+    encode_texts,
+    save_tokenizer,
+    special_ids,
+)
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams
 
@@ -342,7 +348,7 @@ class LabelledTextDataModule(CachedDataModule):
         else:
             train_texts = [word for _, words, _ in examples["train"] for word in words]
         tokenizer = build_tokenizer(self.tokenizer_config, train_texts)
-        tokenizer.save(str(out / "tokenizer.json"))
+        save_tokenizer(tokenizer, out / "tokenizer.json")
         vocab_size = tokenizer.get_vocab_size()
         meta = {
             "task": self.task,

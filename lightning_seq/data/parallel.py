@@ -39,7 +39,13 @@ from lightning_seq.data import embedded_tasks, sources
 from lightning_seq.data.cache import CachedDataModule, default_cache_dir, key_of
 from lightning_seq.data.ragged import Ragged, id_dtype, pad, write_ragged
 from lightning_seq.data.resumable import batched_loader, rank_and_world
-from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, encode_texts, special_ids
+from lightning_seq.data.tokenizers import (
+    TokenizerConfig,
+    build_tokenizer,
+    encode_texts,
+    save_tokenizer,
+    special_ids,
+)
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams
 
@@ -325,8 +331,8 @@ class ParallelTextDataModule(CachedDataModule):
                 f"padding ids ({special_ids(src_tok)['pad']} and {ids['pad']}). Fix: use tokenizers whose "
                 "<|pad|> token has the same id (trained ones always do)."
             )
-        src_tok.save(str(out / "src_tokenizer.json"))
-        tgt_tok.save(str(out / "tgt_tokenizer.json"))
+        save_tokenizer(src_tok, out / "src_tokenizer.json")
+        save_tokenizer(tgt_tok, out / "tgt_tokenizer.json")
         meta = {
             "source": self.source or embedded_tasks.NUMBERS_SOURCE,
             "src_tokenizer": asdict(self.src_config),

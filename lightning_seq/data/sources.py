@@ -17,10 +17,14 @@ Splits the source does not provide are carved deterministically from the end of 
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_seq.data.embedded import PYDOC_SOURCE, pydoc_fingerprint, pydoc_topics
 from lightning_seq.errors import InputError
@@ -36,6 +40,9 @@ SPLIT_ALIASES = {
 FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 Corpus = dict[str, list[str]]
+# control characters other than tab, newline, carriage return (C0, DEL, C1)
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+MOST_CONTROL = 0.1  # text has almost none; binary content, and UTF-16 read as UTF-8 (50% NUL), far more
 
 
 def is_embedded(source: str | None) -> bool:
@@ -162,15 +169,54 @@ def read_local_files(files: Sequence[Path], text_column: str, root: Path | None 
 
 
 def read_utf8(path: Path) -> str:
-    """A whole text file, decoded strictly as UTF-8 (a leading byte-order mark is dropped)."""
+    """A whole text file, decoded strictly as UTF-8 (a leading byte-order mark is dropped).
+
+    Raises:
+        InputError: it is not UTF-8, or it is mostly control characters (see :func:`check_text`).
+    """
     data = path.read_bytes()
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         raise InputError(
             f"data.source: '{path}' is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}). "
             f"Fix: convert it, e.g. iconv -f latin1 -t utf-8 '{path}' > fixed.txt"
         ) from None
+    check_text(text, f"'{path}'")
+    return text
+
+
+def check_text(
+    text: str, where: str, fix: str = "leave it out of data.source, or convert it to text"
+) -> None:
+    """Refuse text that is mostly control characters: binary content (NUL bytes, UTF-16 without a
+    byte-order mark) that happens to be valid UTF-8. ``where`` names it in the message, ``fix`` says
+    what to do (unless it looks like UTF-16).
+
+    Real text has almost no control characters besides tab and newline; more than ``MOST_CONTROL`` of
+    them in a sample from the start, middle and end (at most 256K characters) is refused.
+    """
+    sample = _sample(text)
+    if not sample:
+        return
+    share = (len(sample) - len(CONTROL.sub("", sample))) / len(sample)
+    if share <= MOST_CONTROL:
+        return
+    nul = sample.count("\x00") / len(sample)
+    if 0.4 <= nul <= 0.5:
+        fix = f"it looks like UTF-16 text: convert it, e.g. iconv -f utf-16le -t utf-8 {where} > fixed.txt"
+    raise InputError(
+        f"data.source: {where} is not text: {share:.0%} of its characters are control characters "
+        f"({nul:.0%} NUL). Fix: {fix}."
+    )
+
+
+def _sample(text: str, size: int = 1 << 16, pieces: int = 4) -> str:
+    """``text`` when short, else ``pieces`` slices of ``size`` characters spread from start to end."""
+    if len(text) <= size * pieces:
+        return text
+    step = (len(text) - size) // (pieces - 1)
+    return "".join(text[i * step : i * step + size] for i in range(pieces))
 
 
 def _read_tabular(fmt: str, paths: Sequence[Path], text_column: str) -> list[str]:
@@ -178,12 +224,44 @@ def _read_tabular(fmt: str, paths: Sequence[Path], text_column: str) -> list[str
 
     names = ", ".join(str(p) for p in paths)
     try:
-        ds = datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train")
+        with _quiet_datasets():
+            ds = datasets.load_dataset(fmt, data_files=[str(p) for p in paths], split="train")
     except Exception as err:
+        if fmt in ("json", "csv"):
+            for path in paths:  # our reader names the line of a malformed row and the parser's reason
+                read_records(path)
         raise InputError(
-            f"data.source: could not read {names} as {fmt}: {_first_line(err)}. Fix: check the file format."
+            f"data.source: could not read {names} as {fmt}: {_first_line(_root_cause(err))}. "
+            "Fix: check the file format."
         ) from None
     return _column(ds, text_column, names)
+
+
+@contextmanager
+def _quiet_datasets():
+    """No log lines or progress bars from ``datasets`` while it reads local files (a failure is one
+    error, raised here)."""
+    import datasets
+
+    logger = logging.getLogger("datasets")
+    level, bars = logger.level, datasets.is_progress_bar_enabled()
+    logger.setLevel(logging.CRITICAL)
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """The innermost exception behind ``err`` (``datasets`` wraps the parser's error in its own)."""
+    seen = {id(err)}
+    while (inner := err.__cause__ or err.__context__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        err = inner
+    return err
 
 
 def _column(ds, text_column: str, where: str) -> list[str]:
@@ -199,7 +277,19 @@ def _column(ds, text_column: str, where: str) -> list[str]:
             f"data.text_column: column '{text_column}' of '{where}' holds {type(bad).__name__} values, "
             "not text. Fix: choose a column of strings."
         )
-    return [d for d in docs if d]
+    kept = [d for d in docs if d]
+    step = max(1, len(kept) // 1000)
+    check_text(
+        "\n".join(kept[::step]),
+        f"column '{text_column}' of '{where}'",
+        "set data.text_column to a column of text",
+    )
+    if len(kept) < len(docs):
+        rank_zero_info(
+            f"data.text_column: left out {len(docs) - len(kept)} of the {len(docs)} rows of '{where}' "
+            f"whose '{text_column}' cell is empty."
+        )
+    return kept
 
 
 def read_hub_dataset(
@@ -345,10 +435,11 @@ def _csv_records(path: Path, text: str) -> list[Record]:
     import csv
     import io
 
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
+    reader = csv.reader(io.StringIO(text), strict=True)
+    rows = iter(lambda: _csv_row(reader, path), None)
+    header = next(rows, None)
     records: list[Record] = []
-    for fields in reader:
+    for fields in rows:
         if not any(f.strip() for f in fields):
             continue
         where = f"{path}:{reader.line_num}"
@@ -359,6 +450,19 @@ def _csv_records(path: Path, text: str) -> list[Record]:
             )
         records.append((where, dict(zip(header, fields, strict=True))))
     return records
+
+
+def _csv_row(reader, path: Path) -> list[str] | None:
+    """The next row of a strict ``csv.reader`` (None at the end), or an error naming the line."""
+    import csv
+
+    try:
+        return next(reader, None)
+    except csv.Error as err:
+        raise InputError(
+            f"data.source: {path}:{reader.line_num}: malformed CSV ({err}). "
+            "Fix: close the quotes, and quote fields that hold quotes or commas."
+        ) from None
 
 
 def _json_records(path: Path, text: str) -> list[Record]:

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset
 from lightning_seq.data import sources
 from lightning_seq.data.cache import CachedDataModule, default_cache_dir, key_of
 from lightning_seq.data.resumable import ResumableLoader, batched_loader, rank_and_world, trainer_epoch
-from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, special_ids
+from lightning_seq.data.tokenizers import TokenizerConfig, build_tokenizer, save_tokenizer, special_ids
 from lightning_seq.errors import InputError
 from lightning_seq.utils import plain_hparams
 
@@ -244,7 +244,7 @@ class TextDataModule(CachedDataModule):
             self.dataset_splits,
         )
         tokenizer = build_tokenizer(self.tokenizer_config, corpus["train"])
-        tokenizer.save(str(out / "tokenizer.json"))
+        save_tokenizer(tokenizer, out / "tokenizer.json")
         ids = special_ids(tokenizer)
         vocab_size = tokenizer.get_vocab_size()
         dtype = np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32

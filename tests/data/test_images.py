@@ -399,6 +399,44 @@ def test_bad_input_is_a_clear_error(tmp_path):
         _ = ImageDataModule(mean=[0.1, 0.2], **SMALL).mean
 
 
+def test_class_folders_without_images_or_without_train_images_are_refused(tmp_path):
+    pets = class_folders(tmp_path / "pets", classes=("cat", "dog"))
+    (pets / "bird").mkdir()
+    (pets / "bird" / "notes.txt").write_text("photos to come")
+    with pytest.raises(InputError, match=rf"class folder '{pets / 'bird'}' holds no images"):
+        ImageDataModule(dataset=str(pets), num_workers=0).prepare_data()
+
+    split = class_folders(tmp_path / "split", classes=("cat", "dog"), prefix="train")
+    class_folders(split, classes=("cat", "dog"), per_class=2, prefix="test")
+    (split / "test" / "fox").mkdir()
+    with pytest.raises(InputError, match=rf"'{split / 'test' / 'fox'}' holds no images"):
+        ImageDataModule(dataset=str(split), num_workers=0).prepare_data()
+    class_folders(split, classes=("fox",), per_class=2, prefix="test")
+    with pytest.raises(InputError, match=r"'.*test/fox' has no counterpart in the train split.*\(cat, dog\)"):
+        ImageDataModule(dataset=str(split), num_workers=0).prepare_data()
+
+    hidden = class_folders(tmp_path / "hidden", classes=("cat", "dog"))
+    (hidden / ".thumbnails").mkdir()  # hidden folders are not classes
+    assert ImageDataModule(dataset=str(hidden), num_workers=0).classes == ["cat", "dog"]
+    unlabelled = ImageDataModule(dataset=str(split), labels="none", num_workers=0)  # folders are not classes
+    assert len(unlabelled.split_dataset("test")) == 6
+
+
+def test_a_metadata_label_that_train_lacks_is_refused(tmp_path):
+    root = tmp_path / "meta"
+    rng = np.random.default_rng(2)
+    for split, kinds in (("train", ("apple", "pear")), ("val", ("apple", "plum"))):
+        lines = []
+        for i, kind in enumerate(kinds * 3):
+            save_image(root / split / f"{i}.png", random_image(rng, 16, 16))
+            lines.append({"file_name": f"{i}.png", "label": kind})
+        (root / split / "metadata.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(
+        InputError, match=r"the val split of .* has the class 'plum'.*which the train split lacks"
+    ):
+        ImageDataModule(dataset=str(root), image_size=16, num_workers=0).prepare_data()
+
+
 def test_verification_in_worker_processes_agrees_with_one_process(tmp_path):
     from lightning_seq.data.scan import SCAN_CHUNK, scan_images
 

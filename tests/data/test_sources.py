@@ -149,7 +149,59 @@ def test_non_text_column(tmp_path):
         sources.read_corpus(str(tmp_path / "d.jsonl"))
 
 
-def test_malformed_jsonl_names_the_file(tmp_path):
+def test_malformed_jsonl_names_the_file_the_line_and_the_reason(tmp_path):
     write(tmp_path / "bad.jsonl", '{"text": "ok"}\n{"text": broken\n')
-    with pytest.raises(InputError, match=r"could not read .*bad\.jsonl as json"):
+    with pytest.raises(InputError, match=r"bad\.jsonl:2: not valid JSON \(Expecting value, column 10\)"):
         sources.read_corpus(str(tmp_path / "bad.jsonl"))
+
+
+def test_malformed_csv_names_the_file_the_line_and_the_reason(tmp_path):
+    write(tmp_path / "bad.csv", "text\nfine\nthree,fields,here\nfine again\n")
+    with pytest.raises(InputError, match=r"bad\.csv:3: the row has 3 fields but the header has 1 \(text\)"):
+        sources.read_corpus(str(tmp_path / "bad.csv"))
+
+
+def test_an_unclosed_quote_names_the_line(tmp_path):
+    write(tmp_path / "quote.csv", 'text\nfine\n"never closed\nmore words\n')
+    with pytest.raises(InputError, match=r"quote\.csv:4: malformed CSV \(unexpected end of data\)"):
+        sources.read_corpus(str(tmp_path / "quote.csv"))
+
+
+def test_nul_bytes_are_not_text(tmp_path):
+    path = tmp_path / "zeros.txt"
+    path.write_bytes(b"\0" * 10_000)  # valid UTF-8
+    with pytest.raises(InputError, match=r"zeros\.txt' is not text: 100% of its characters are control"):
+        sources.read_corpus(str(path))
+
+
+def test_utf16_without_a_byte_order_mark_is_named(tmp_path):
+    path = tmp_path / "windows.txt"
+    path.write_bytes(("Some notes from Windows.\r\n" * 100).encode("utf-16-le"))
+    with pytest.raises(InputError, match=r"50% of its characters.*looks like UTF-16.*iconv -f utf-16le"):
+        sources.read_corpus(str(path))
+
+
+def test_binary_rows_in_a_column_are_not_text(tmp_path):
+    write(tmp_path / "d.jsonl", "".join(json.dumps({"text": "\x00\x01\x02" * 20}) + "\n" for _ in range(30)))
+    with pytest.raises(InputError, match=r"column 'text' of '.*d\.jsonl' is not text"):
+        sources.read_corpus(str(tmp_path / "d.jsonl"))
+
+
+def test_a_few_control_characters_are_text(tmp_path):
+    page = "a page of an old manual, with a form feed at its end\n" * 40 + "\x0c"
+    coloured = "\x1b[1mbold\x1b[0m terminal output with colours, as logs often have\n" * 40
+    write(tmp_path / "old.txt", page * 10 + coloured)
+    corpus = sources.read_corpus(str(tmp_path / "old.txt"))
+    assert "\x0c" in "".join(corpus["train"])
+
+
+def test_rows_with_an_empty_text_cell_are_counted(tmp_path, lightning_log):
+    rows = [{"text": f"row number {i}" if i % 4 else "", "id": i} for i in range(40)]
+    rows[1]["text"] = None
+    path = write(tmp_path / "d.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    corpus = sources.read_corpus(str(path), val_fraction=0.1, test_fraction=0.1)
+    assert sum(len(docs) for docs in corpus.values()) >= 29
+    assert (
+        f"data.text_column: left out 11 of the 40 rows of '{path}' whose 'text' cell is empty"
+        in lightning_log.text
+    )

@@ -3,10 +3,12 @@ from tokenizers import Tokenizer
 
 from lightning_seq.data.tokenizers import (
     EOS,
+    MAX_VOCAB_SIZE,
     SPECIAL_TOKENS,
     TokenizerConfig,
     build_tokenizer,
     load_tokenizer_file,
+    save_tokenizer,
     special_ids,
 )
 from lightning_seq.errors import InputError
@@ -87,3 +89,23 @@ def test_missing_and_malformed_tokenizer_files(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(InputError, match=r"not a valid tokenizer\.json"):
         load_tokenizer_file(bad)
+
+
+@pytest.mark.parametrize("size", [4, MAX_VOCAB_SIZE + 1, 10**12, 2**70])
+def test_vocabulary_sizes_outside_the_range_stop_before_the_native_trainer(size):
+    with pytest.raises(
+        InputError, match=rf"data\.init_args\.tokenizer\.vocab_size: {size} is outside .* 5\.\."
+    ):
+        TokenizerConfig(kind="bpe", vocab_size=size)
+
+
+def test_the_largest_vocabulary_size_trains():
+    tok = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=MAX_VOCAB_SIZE), TRAIN)
+    assert 256 < tok.get_vocab_size() < 1000  # as large as the text allows
+
+
+def test_saved_tokenizer_is_the_librarys_own_file(tmp_path):
+    tok = build_tokenizer(TokenizerConfig(kind="bpe", vocab_size=300), TRAIN)
+    tok.save(str(tmp_path / "library.json"))
+    save_tokenizer(tok, tmp_path / "ours.json")
+    assert (tmp_path / "ours.json").read_bytes() == (tmp_path / "library.json").read_bytes()
