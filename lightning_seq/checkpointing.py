@@ -5,7 +5,9 @@ checkpoint to a temporary file beside the target, flushes it to disk, then renam
 target: a process killed in the middle of a save leaves the previous checkpoint whole, and the
 rename is durable. (Lightning's own plugin serialises into memory, writes a temporary file in the
 system's temp folder and moves it: where checkpoints live on another filesystem, a cluster's shared
-disk, that move is a copy into the target, which a kill cuts short.)
+disk, that move is a copy into the target, which a kill cuts short.) The temporary file of a save
+that was killed is removed by the next save into that folder (and by the next run of the recipe,
+see :mod:`lightning_seq.runs`): :func:`remove_leftover_temporaries` says which ones are leftovers.
 
 Every read goes through :func:`read_checkpoint`, with ``torch.load(weights_only=True)`` by default:
 our checkpoints hold only tensors, numbers, strings and containers of them, and such a load cannot
@@ -20,7 +22,8 @@ On top of it: :func:`newest_match` (a file, or the newest file a glob matches), 
 (the LightningModule rebuilt from the checkpoint alone) and :func:`load_net` (its net alone, with no
 LightningModule class involved). Both rebuild from the ``class_path`` configs that ``lightning fit``
 stores; doing so imports the modules those configs name (as a recipe's ``class_path`` does), and
-unpickles nothing.
+unpickles nothing. What a checkpoint says about where it came from: :func:`checkpoint_class` and
+:func:`net_class` (the model's classes), :func:`recipe_of` (the ``--config`` files of its run).
 """
 
 import glob
@@ -28,6 +31,8 @@ import importlib
 import os
 import pickle
 import re
+import socket
+import time
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -47,6 +52,10 @@ from lightning_seq.errors import InputError
 _LIGHTNING_WORDS = ("last", "best", "hpc", "registry")
 _ZIP, _PICKLE = b"PK\x03\x04", b"\x80"  # how torch.save's zip format and its legacy pickle format start
 _WRITTEN_BY_FIT = "give a .ckpt written by `lightning fit` (in runs/<name>/version_<n>/checkpoints/)"
+# A save's temporary file: ``.<target>.<pid>@<host>.tmp`` (``.<target>.<pid>.tmp`` from older versions)
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "localhost"
+_TEMPORARY = re.compile(r"\.(?P<target>.+)\.(?P<pid>\d+)(?:@(?P<host>[A-Za-z0-9_-]+))?\.tmp")
+STALE_AFTER_S = 3600  # a temporary file of another host's save, unwritten for this long, is a leftover
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -58,9 +67,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-save
-            stale.unlink(missing_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        remove_leftover_temporaries(path.parent)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}@{_HOST}.tmp")
         try:
             with tmp.open("wb") as f:
                 torch.save(checkpoint, f)
@@ -82,6 +90,43 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().load_checkpoint(path, map_location=map_location, weights_only=weights_only)
         except pickle.UnpicklingError as err:
             raise InputError(_objects_message("--ckpt_path", path, str(err))) from None
+
+
+def remove_leftover_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary files that saves killed midway left in ``folder``; returns them.
+
+    A save writes ``.<name>.<pid>@<host>.tmp`` (``.<name>.<pid>.tmp`` before hosts were named) beside
+    its target. Such a file is a leftover when the process that wrote it is gone: its host is this one
+    and no process of that id runs here, or (another host, whose processes cannot be seen from here)
+    nothing has written to it for ``STALE_AFTER_S`` seconds. A save in progress is never touched.
+    """
+    removed = []
+    for tmp in folder.glob(".*.tmp"):
+        found = _TEMPORARY.fullmatch(tmp.name)
+        if found is None or not tmp.is_file():
+            continue
+        pid, host = int(found["pid"]), found["host"] or _HOST
+        try:
+            gone = not _running(pid) if host == _HOST else time.time() - tmp.stat().st_mtime > STALE_AFTER_S
+        except OSError:  # removed meanwhile
+            continue
+        if gone:
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this host (a process of another user counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it runs, as another user
+        return True
+    return True
 
 
 def names_a_file(ckpt_path: str | None) -> bool:
@@ -197,6 +242,45 @@ def checkpoint_class(checkpoint: dict) -> str | None:
     hparams = checkpoint.get("hyper_parameters")
     value = hparams.get("_class_path") if isinstance(hparams, Mapping) else None
     return value if isinstance(value, str) else None
+
+
+def net_class(checkpoint: dict) -> str | None:
+    """The class path of the net of the module that wrote ``checkpoint`` (``hyper_parameters.net``)."""
+    hparams = checkpoint.get("hyper_parameters")
+    net = hparams.get("net") if isinstance(hparams, Mapping) else None
+    value = net.get("class_path") if isinstance(net, Mapping) else None
+    return value if isinstance(value, str) else None
+
+
+def recipe_of(checkpoint: dict) -> list[str] | None:
+    """The ``--config`` files of the ``lightning fit`` that wrote ``checkpoint``, as they were given; None
+    for a checkpoint that does not record them (written before they were recorded, or from Python).
+
+    Recorded by :class:`~lightning_seq.loggers.SaveConfig` in its callback state.
+    """
+    states = checkpoint.get("callbacks")
+    for state in states.values() if isinstance(states, Mapping) else ():
+        recipe = state.get("recipe") if isinstance(state, Mapping) else None
+        if isinstance(recipe, list) and all(isinstance(name, str) for name in recipe):
+            return recipe
+    return None
+
+
+def same_class(a: str, b: str) -> bool:
+    """Whether two class paths name one class (``lightning_seq.nets.RNNLM`` and
+    ``lightning_seq.nets.rnn_lm.RNNLM`` do); paths that do not import are compared by their last part."""
+    if a == b:
+        return True
+    found = []
+    for path in (a, b):
+        module_name, _, name = path.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module_name), name) if module_name else None)
+        except (ImportError, AttributeError, ValueError):
+            found.append(None)
+    if found[0] is not None and found[1] is not None:
+        return found[0] is found[1]
+    return a.rpartition(".")[2] == b.rpartition(".")[2]
 
 
 def load_module(

@@ -8,7 +8,8 @@ CSVLogger that a resumed run appends to.
 uploaded later with ``wandb sync``.
 
 :class:`SaveConfig` is the CLI's config saver: Lightning's ``config.yaml`` in the run folder, and the
-same resolved config as the config (and a file) of every W&B run of the trainer.
+same resolved config as the config (and a file) of every W&B run of the trainer; it also marks the
+run folder as a live run's and records the recipe's file names in every checkpoint.
 
 :class:`CSVLogger` is Lightning's, except that a run resumed into its folder keeps the rows already
 in ``metrics.csv`` (Lightning deletes them) and appends its own.
@@ -20,7 +21,7 @@ import os
 from argparse import Namespace
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import IO, TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import lightning as L
@@ -28,10 +29,13 @@ import yaml
 from lightning.fabric.utilities.logger import _convert_params
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger as _CSVLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.loggers import WandbLogger as _WandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+
+from lightning_seq.runs import hold_run_folder
 
 if TYPE_CHECKING:
     from wandb import Run
@@ -209,12 +213,33 @@ def set_run_config(run: "Run", config_yaml: str) -> None:
 
 
 class SaveConfig(SaveConfigCallback):
-    """Lightning's ``config.yaml`` in the run folder, and the same config on every W&B run.
+    """Lightning's ``config.yaml`` in the run folder, the same config on every W&B run, and the recipe's
+    file names in every checkpoint.
 
     For each W&B logger of the trainer the run config becomes the full resolved config as nested
     dicts, shown and swept as ``model.init_args.optimizer.init_args.lr``, and the YAML is saved as a
     file of the run, ``lightning_config.yaml``. Rank zero only (Lightning calls ``save_config`` there).
+
+    Before the config is written, the run folder of a CSV or TensorBoard logger is marked as this
+    live run's (:func:`lightning_seq.runs.hold_run_folder`), so that no other run takes it for a
+    leftover. Each checkpoint records the ``--config`` files as they were given, under
+    ``callbacks.SaveConfig.recipe`` (read back by :func:`lightning_seq.checkpointing.recipe_of`).
     """
+
+    _marker: IO[str] | None = None  # the run folder's marker, locked while this run lives
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.save_to_log_dir and not self.already_saved:
+            folder = trainer.log_dir  # a collective under DDP, as in Lightning's setup: on every rank
+            first = trainer.loggers[0] if trainer.loggers else None
+            versioned = isinstance(first, (_CSVLogger, TensorBoardLogger))
+            if trainer.is_global_zero and folder and versioned and self._marker is None:
+                self._marker = hold_run_folder(Path(folder), stage)
+        super().setup(trainer, pl_module, stage)
+
+    def state_dict(self) -> dict[str, Any]:
+        files = self.config.get("config") if hasattr(self.config, "get") else None
+        return {"recipe": [str(file) for file in files or [] if file is not None]}
 
     def save_config(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         loggers = [logger for logger in trainer.loggers if isinstance(logger, _WandbLogger)]

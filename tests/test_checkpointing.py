@@ -3,7 +3,10 @@ or its net rebuilt from a real ``lightning fit`` checkpoint alone."""
 
 import json
 import os
+import subprocess
 import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +18,10 @@ from lightning_seq.checkpointing import (
     checkpoint_class,
     load_module,
     load_net,
+    net_class,
     newest_match,
     read_checkpoint,
+    remove_leftover_temporaries,
 )
 from lightning_seq.errors import InputError
 from lightning_seq.modules import ImageClassifier, LanguageModel
@@ -107,6 +112,7 @@ def test_each_bad_file_gets_one_line_naming_the_field_the_file_and_the_fix(train
         assert "\n" not in str(caught.value) and "Fix:" in str(caught.value), case
     good = read_checkpoint(real, need, weights_only=weights_only)
     assert checkpoint_class(good) == "lightning_seq.modules.ImageClassifier"
+    assert net_class(good) == "lightning_seq.nets.ResNet"
 
 
 def test_the_trainers_checkpoint_plugin_reads_through_the_same_vocabulary(trained, tmp_path):
@@ -262,3 +268,32 @@ def test_weights_only_false_on_the_command_line_is_honoured(trained, cli, tmp_pa
     trusted = ok(cli(*args, "--weights_only", "false", cwd=tmp_path, env=env))
     # validated with the checkpoint's own tiny net (the recipe's widths would not fit its weights)
     assert "val/acc" in trusted.stdout
+
+
+# ------------------------------------------------------------------------------- leftovers of saves
+def test_only_temporary_files_of_saves_whose_process_is_gone_are_removed(tmp_path):
+    target = tmp_path / "last.ckpt"
+    killed = f"""
+        import os, sys, torch
+        from lightning_seq.checkpointing import AtomicCheckpointIO
+        torch.save = lambda obj, f: os._exit(3)  # killed in the middle of writing the temporary file
+        AtomicCheckpointIO().save_checkpoint({{"step": 1}}, {str(target)!r})
+    """
+    assert subprocess.run([sys.executable, "-c", textwrap.dedent(killed)]).returncode == 3
+    (dead,) = tmp_path.glob(".last.ckpt.*@*.tmp")  # named with its process id and host
+    pid = int(dead.name.split(".")[3].split("@")[0])
+    old_format = tmp_path / f".last.ckpt.{pid}.tmp"  # the same dead process, as older versions named it
+    old_format.write_bytes(b"x")
+    live = tmp_path / f".last.ckpt.{os.getpid()}.tmp"  # a save in progress here
+    elsewhere = tmp_path / ".last.ckpt.1@othernode.tmp"  # another host's save: written to a moment ago
+    stale = tmp_path / ".best.ckpt.1@othernode.tmp"  # another host's, untouched for two hours
+    unrelated = tmp_path / ".notes.tmp"
+    for path in (live, elsewhere, stale, unrelated):
+        path.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200,) * 2)
+    assert sorted(remove_leftover_temporaries(tmp_path)) == sorted([dead, old_format, stale])
+    assert live.exists() and elsewhere.exists() and unrelated.exists()
+
+    dead.write_bytes(b"x")  # the next save into the folder clears such files too
+    AtomicCheckpointIO().save_checkpoint({"step": 2}, target)
+    assert not dead.exists() and live.exists() and torch.load(target, weights_only=True) == {"step": 2}

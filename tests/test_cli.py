@@ -150,7 +150,7 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "malformed YAML": (["--config", str(tmp_path / "broken.yaml")], "broken.yaml' is not valid YAML at"),
         "contradicting Trainer settings": (
             ["--trainer.enable_checkpointing=false"],  # the recipe lists a ModelCheckpoint
-            "error: Trainer was configured with `enable_checkpointing=False` but found `ModelCheckpoint`",
+            "error: trainer.enable_checkpointing: Trainer was configured with `enable_checkpointing=False`",
         ),
         "missing config": (["--config", str(tmp_path / "nope.yaml")], "nope.yaml' does not exist"),
     }

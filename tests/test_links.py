@@ -4,9 +4,10 @@ import textwrap
 
 import pytest
 import torch
-from clitools import CSV_ONLY, RECIPES, SMOKE, ok, run_dir
+from clitools import CSV_ONLY, RECIPES, REPO, SMOKE, ok, run_dir
 
-from lightning_seq.cli import LightningSeqCLI
+from lightning_seq.cli import LightningSeqCLI, check_linked_settings, user_settings
+from lightning_seq.errors import InputError
 
 LM = {"net.vocab_size", "pad_id", "carry_state"}
 TRANSLATION = {"net.src_vocab_size", "net.tgt_vocab_size", "pad_id", "bos_id", "eos_id"}
@@ -49,6 +50,51 @@ def test_every_recipe_receives_every_size_it_needs_and_no_other(tmp_path, monkey
         if "classes" in links:
             assert links["classes"] == cli.datamodule.classes
             assert links.get("net.num_classes") == len(cli.datamodule.classes)
+
+
+def test_what_the_user_sets_is_read_from_the_command_line_and_the_recipe_files(tmp_path):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("model:\n  init_args:\n    net:\n      init_args: {vocab_size: 64, hidden_size: 8}\n")
+    args = [
+        "fit", "--config", str(recipe), "--model.init_args.pad_id=3", "--model.net.num_layers", "2",
+        '--model={"init_args": {"classes": ["a", "b"]}}', "--data.init_args.block_size=8",
+    ]  # fmt: skip
+    assert user_settings(args) == {
+        "model.net.vocab_size": (64, f"in '{recipe}'"),
+        "model.net.hidden_size": (8, f"in '{recipe}'"),
+        "model.pad_id": (3, "on the command line"),
+        "model.net.num_layers": (2, "on the command line"),
+        "model.classes": (["a", "b"], "on the command line"),
+    }
+    later = user_settings(["fit", "--config", str(recipe), "--model.init_args.net.init_args.vocab_size=107"])
+    assert later["model.net.vocab_size"] == (107, "on the command line")  # later settings win
+
+
+def test_a_setting_of_a_linked_size_is_refused_unless_it_equals_the_data():
+    links = {"model.init_args.net.init_args.vocab_size": 107, "model.init_args.classes": ("neg", "pos")}
+    check_linked_settings(links, {})
+    check_linked_settings(links, {"model.net.vocab_size": (107, "on the command line")})
+    check_linked_settings(links, {"model.classes": (["neg", "pos"], "in 'r.yaml'")})
+    with pytest.raises(InputError) as refused:
+        check_linked_settings(links, {"model.net.vocab_size": (100, "in 'r.yaml'")})
+    assert str(refused.value) == (
+        "model.init_args.net.init_args.vocab_size: set to 100 in 'r.yaml', but the data decides it "
+        "(data.vocab_size is 107). Fix: remove that setting; to change it, change the data's tokenizer "
+        "(data.init_args.tokenizer)."
+    )
+    with pytest.raises(InputError, match=r"^model\.init_args\.classes: set to \['pos', 'neg'\]"):
+        check_linked_settings(links, {"model.classes": (["pos", "neg"], "on the command line")})
+
+
+def test_the_cli_builds_the_model_when_a_linked_size_equals_the_data(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = str(REPO / "recipes" / "char_lstm.yaml")
+    base = ["--config", recipe, "--config", SMOKE, "--config", CSV_ONLY]
+    vocab = LightningSeqCLI(args=base, run=False).datamodule.vocab_size
+    cli = LightningSeqCLI(args=[*base, f"--model.init_args.net.init_args.vocab_size={vocab}"], run=False)
+    assert cli.model.net.vocab_size == vocab
+    with pytest.raises(ValueError, match="set to 5 on the command line, but the data decides it"):  # wrapped
+        LightningSeqCLI(args=[*base, "--model.init_args.net.init_args.vocab_size=5"], run=False)
 
 
 TOY = '''

@@ -3,16 +3,18 @@
 import os
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 import torch
 from clitools import REPO, SMOKE, assert_one_error, ok
 
 from lightning_seq.errors import InputError
-from lightning_seq.runs import plan_fit
+from lightning_seq.runs import hold_run_folder, plan_evaluation, plan_fit, remove_leftovers
 from lightning_seq.slurm import BODY
 
 RECIPE = str(REPO / "recipes" / "char_lstm.yaml")
+JOB = {"class_path": "lightning_seq.loggers.CSVLogger", "init_args": {"save_dir": "runs", "name": "job"}}
 
 
 def test_submit_dry_run_takes_the_numbers_from_the_recipe_and_the_options(cli, tmp_path):
@@ -70,3 +72,81 @@ def test_last_resumes_the_newest_run_in_its_folder_and_w_and_b_run(tmp_path, mon
     torn = r"^--ckpt_path: '.*version_1/checkpoints/last\.ckpt' is not a readable checkpoint"
     with pytest.raises(InputError, match=torn):
         plan_fit({"trainer": {"logger": loggers}, "ckpt_path": "last"})
+
+
+def test_last_says_which_run_it_resumes_when_a_newer_run_has_no_checkpoint(
+    tmp_path, monkeypatch, lightning_log
+):
+    monkeypatch.chdir(tmp_path)
+    old = Path("runs/job/version_0/checkpoints/last.ckpt")
+    old.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "global_step": 40}, old)
+    os.utime(old, (time.time() - 60,) * 2)
+    newer = hold_run_folder(Path("runs/job/version_1"), "fit")  # started after that save, saved nothing
+    newer.close()
+    validation = hold_run_folder(Path("runs/job/version_2"), "validate")  # not a training run
+    validation.close()
+    config = {"trainer": {"logger": JOB}, "ckpt_path": "last"}
+    assert plan_fit(config) == "version_0" and config["ckpt_path"] == str(old)
+    said = {message for message in lightning_log.messages if message.startswith("--ckpt_path last")}
+    assert said == {
+        "--ckpt_path last: resuming 'runs/job/version_0' from its last.ckpt (step 40); the newer run "
+        "'runs/job/version_1' has no checkpoint."
+    }
+
+
+def test_only_ended_runs_that_hold_nothing_but_their_config_are_leftovers(tmp_path, lightning_log):
+    runs = tmp_path / "job"
+
+    def run(name: str, *files: str, live: bool = False, marker: bool = True) -> IO[str] | None:
+        folder = runs / name
+        folder.mkdir(parents=True)
+        held = hold_run_folder(folder, "fit") if marker else None
+        for file in files:
+            (folder / file).parent.mkdir(parents=True, exist_ok=True)
+            if not file.endswith("/"):
+                (folder / file).write_text("x")
+        if held is not None and not live:
+            held.close()  # its process ended
+        return held
+
+    run("version_0", "config.yaml")
+    run("version_1", "config.yaml", "hparams.yaml", "tokenizer.json", "src_tokenizer.json", "checkpoints/")
+    live = run("version_2", "config.yaml", live=True)  # preparing its data, on this or another host
+    run("version_3", "config.yaml", marker=False)  # from an older version, or made by hand
+    run("version_4", "config.yaml", "hparams.yaml", "metrics.csv")  # it took steps
+    run("version_5", "config.yaml", "checkpoints/epoch=0.ckpt")
+    run("version_6", "hparams.yaml")  # no config
+    run("version_7", "config.yaml", "predictions/step_000000.png")  # died after its sanity check
+    run("version_8", "config.yaml", "predictions/step_000002.png")  # validated after two steps
+    run("slurm-7", "config.yaml")  # the folder this run continues
+    (runs / "notes.txt").write_text("not a run")
+    try:
+        removed = [runs / "version_0", runs / "version_1", runs / "version_7"]
+        assert remove_leftovers(runs, keep="slurm-7") == removed
+    finally:
+        live.close()
+    assert sorted(p.name for p in runs.iterdir()) == [
+        "notes.txt", "slurm-7", "version_2", "version_3", "version_4", "version_5", "version_6", "version_8"
+    ]  # fmt: skip
+    said = (
+        f"{runs}: removed version_0, version_1, version_7, left by runs that stopped before their first step"
+    )
+    assert said in lightning_log.text
+    assert remove_leftovers(runs, keep="slurm-7") == [runs / "version_2"]  # its run has ended now
+
+
+def test_best_names_the_newest_checkpoint_to_give_instead(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name, age in (("epoch=3-step=40.ckpt", 50), ("last.ckpt", 10), ("epoch=1-step=20.ckpt", 90)):
+        path = Path("runs/job/version_0/checkpoints") / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+        os.utime(path, (time.time() - age,) * 2)
+    config = {"trainer": {"logger": JOB}, "ckpt_path": "best"}
+    best = r"e\.g\. 'runs/job/version_0/checkpoints/epoch=3-step=40\.ckpt' \(the newest\)\.$"
+    with pytest.raises(InputError, match=rf"^--ckpt_path best: .* `lightning test` has none\. Fix: .*{best}"):
+        plan_evaluation(config, "test")
+    elsewhere = {"trainer": {"default_root_dir": "other", "logger": None}, "ckpt_path": "last"}
+    with pytest.raises(InputError, match=r"^--ckpt_path last: no checkpoint at 'other/lightning_logs/\*/"):
+        plan_evaluation(elsewhere, "predict")

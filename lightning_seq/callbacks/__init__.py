@@ -1,11 +1,13 @@
 """Callbacks shared by every family: gradient clipping/monitoring, perplexity, sample generation,
 labelled image grids, generative image samples and their quality (FID, KID, conditional accuracy),
-and fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run id)."""
+fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run id) and a progress bar that counts
+steps when ``max_steps`` ends the run."""
 
 from lightning_seq.callbacks.fault_tolerance import NonFiniteLoss, RequeueOnSignal, RunIdentity
 from lightning_seq.callbacks.gradients import GradientClipping
 from lightning_seq.callbacks.images import ImagePredictions, ImageSamples
 from lightning_seq.callbacks.perplexity import Perplexity, TokenNLL
+from lightning_seq.callbacks.progress import StepProgressBar
 from lightning_seq.callbacks.quality import FeatureNetTraining, SampleQuality
 from lightning_seq.callbacks.samples import SampleGeneration
 
@@ -20,5 +22,6 @@ __all__ = [
     "RunIdentity",
     "SampleGeneration",
     "SampleQuality",
+    "StepProgressBar",
     "TokenNLL",
 ]

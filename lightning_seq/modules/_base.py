@@ -2,6 +2,7 @@
 train/val/test hooks, the optimizers of the recipe with their warmup + cosine schedules, an eval-mode
 switch for inference, and the per-rank state that makes resuming exact."""
 
+import inspect
 import warnings
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from lightning_seq.modules._optim import (
     OptimizerFactory,
     Schedule,
     SharedFactory,
+    check_optimizer,
     check_schedule,
     configure_optimization,
+    same_factory,
 )
 from lightning_seq.modules._resume import gather_ranks, own_rank, rng_state, set_rng_state
 from lightning_seq.utils import evaluating, plain_hparams
@@ -95,6 +98,7 @@ class NetModule(L.LightningModule):
             self.save_hyperparameters()  # the arguments of every constructor up the chain
         plain_hparams(self)
         check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
+        check_optimizer(optimizer, "model.init_args.optimizer")  # now, not once the run folder exists
         self.net = net
         self.optimizer = SharedFactory(optimizer)
         if compile:
@@ -133,7 +137,28 @@ class NetModule(L.LightningModule):
         hp = self.hparams
         return {"net": Optimization(self.optimizer, self, hp.warmup_steps, hp.lr_schedule, hp.min_lr_ratio)}
 
+    def check_optimizations(self) -> None:
+        """Build each optimizer of :meth:`optimizations` once over a throwaway parameter: a value torch
+        rejects (a negative learning rate, a beta of 1.5) is an :class:`InputError` naming the recipe
+        field, or the optimizer. The CLI calls it as soon as the module is built, before the run folder
+        exists; ``configure_optimizers`` calls it too."""
+        for name, optimization in self.optimizations().items():
+            if same_factory(optimization.optimizer, self.optimizer):
+                continue  # the recipe's optimizer, checked by the constructor
+            field = self._optimizer_field(optimization.optimizer)
+            check_optimizer(optimization.optimizer, field or "model", None if field else name)
+
+    def _optimizer_field(self, factory: OptimizerFactory) -> str | None:
+        """``model.init_args.<argument>`` for a factory kept in an attribute named after a constructor
+        argument (``self.critic_optimizer = SharedFactory(critic_optimizer)``)."""
+        arguments = {*inspect.signature(type(self).__init__).parameters, *self.hparams}
+        for attribute, value in vars(self).items():
+            if attribute in arguments and same_factory(value, factory):
+                return f"model.init_args.{attribute}"
+        return None
+
     def configure_optimizers(self) -> dict | list[dict]:
+        self.check_optimizations()
         total = self.trainer.estimated_stepping_batches
         setups = [
             configure_optimization(

@@ -6,7 +6,9 @@ to biases, norms or embeddings. The schedule is a linear warmup followed by a co
 ``min_lr_ratio`` times the peak rate, or a constant rate after warmup.
 """
 
+import functools
 import math
+import re
 from collections.abc import Callable, Iterable
 from typing import Literal
 
@@ -62,15 +64,106 @@ def param_groups(module: nn.Module) -> list[dict]:
 
 def check_schedule(warmup_steps: int, min_lr_ratio: float, schedule: str) -> None:
     """Raise :class:`InputError` for a negative warmup, a final ratio outside [0, 1], an unknown schedule."""
+    field = "model.init_args"
     if schedule not in ("cosine", "constant"):
         raise InputError(
-            f"model.lr_schedule: unknown schedule '{schedule}'; expected 'cosine' or 'constant'."
+            f"{field}.lr_schedule: unknown schedule '{schedule}'. Fix: use 'cosine' or 'constant'."
         )
-    if warmup_steps < 0 or not 0.0 <= min_lr_ratio <= 1.0:
+    if not warmup_steps >= 0:
         raise InputError(
-            "model.warmup_steps / model.min_lr_ratio: expected warmup_steps >= 0 and "
-            f"0 <= min_lr_ratio <= 1, got {warmup_steps} and {min_lr_ratio}."
+            f"{field}.warmup_steps: expected a number of steps >= 0, got {warmup_steps}. "
+            "Fix: give 0 (no warmup) or more."
         )
+    if not 0.0 <= min_lr_ratio <= 1.0:  # also NaN
+        raise InputError(
+            f"{field}.min_lr_ratio: expected a fraction of the peak learning rate in [0, 1], got "
+            f"{min_lr_ratio}. Fix: give e.g. 0.1 (1.0 keeps the rate constant after warmup)."
+        )
+
+
+# The words of torch's "Invalid ..." messages for arguments whose name they do not spell out.
+_TORCH_WORDS = {"learning rate": "lr", "beta": "betas", "epsilon": "eps", "eta values": "etas"}
+_HINTS = {
+    "lr": "a learning rate >= 0, e.g. 3e-4",
+    "betas": "two betas in [0, 1), e.g. [0.9, 0.999]",
+    "eps": "an epsilon >= 0, e.g. 1e-8",
+    "weight_decay": "a weight decay >= 0, e.g. 0.01 (0 for none)",
+    "momentum": "a momentum >= 0, e.g. 0.9",
+    "nesterov": "nesterov: true only with a momentum > 0 and dampening 0",
+}
+
+
+def check_optimizer(optimizer: OptimizerFactory, field: str, name: str | None = None) -> None:
+    """Build the optimizer once over a throwaway parameter; a value torch rejects is an :class:`InputError`.
+
+    torch checks its arguments when an optimizer is built (``Invalid learning rate: -1.0``), which
+    Lightning does only once training starts, after the run folder exists. The message names the
+    recipe field of the rejected argument (``model.init_args.optimizer.init_args.lr``) and the fix.
+
+    Args:
+        optimizer: the factory, ``optimizer(param_groups) -> torch.optim.Optimizer``.
+        field: where the recipe sets the optimizer, e.g. ``model.init_args.optimizer``; or, with
+            ``name``, the section of the recipe that builds it (``model``).
+        name: the optimizer's name in the module, when the field that sets it is unknown.
+    """
+    if not callable(optimizer):  # not a factory at all: the module's own use of it reports that
+        return
+    probe = [{"params": [nn.Parameter(torch.zeros(1))]}]
+    try:
+        optimizer(probe)
+    except ValueError as err:
+        raise _optimizer_error(optimizer, field, err, name) from None
+    except RuntimeError:  # device options (fused, capturable) a CPU parameter lacks: the real build decides
+        return
+
+
+def _optimizer_error(
+    optimizer: OptimizerFactory, field: str, err: ValueError, name: str | None = None
+) -> InputError:
+    """The :class:`InputError` for torch's ``err`` about one argument of ``optimizer``."""
+    settings = getattr(_unshared(optimizer), "keywords", None) or {}
+    argument = _rejected_argument(str(err), settings)
+    cls = _optimizer_class(optimizer) or "the optimizer"
+    if name is not None:
+        what = f"optimizer '{name}' ({cls}) rejects {argument or 'its settings'}"
+    else:
+        field, what = (f"{field}.init_args.{argument}" if argument else field), f"{cls} rejects it"
+    hint = _HINTS.get(argument, f"a value {cls} accepts")
+    return InputError(f"{field}: {what} ({str(err).rstrip('.')}). Fix: give {hint}.")
+
+
+def _rejected_argument(message: str, settings: dict) -> str | None:
+    """The argument torch's ``message`` is about: one of its words, or the first setting it names."""
+    lowered = message.lower()
+    for words, name in _TORCH_WORDS.items():
+        if re.search(rf"\b{words}\b", lowered):
+            return name
+    named = [(m.start(), key) for key in settings if (m := re.search(rf"\b{re.escape(key)}\b", lowered))]
+    if named:
+        return min(named)[1]
+    spelled = re.search(r"invalid (\w+) value", lowered)  # "Invalid rho value: -1" when rho is a default
+    return spelled.group(1) if spelled else None
+
+
+def _unshared(optimizer: OptimizerFactory) -> OptimizerFactory:
+    return optimizer.factory if isinstance(optimizer, SharedFactory) else optimizer
+
+
+def same_factory(a: object, b: object) -> bool:
+    """Whether ``a`` and ``b`` are one optimizer factory, either perhaps in a :class:`SharedFactory`."""
+    return callable(a) and _unshared(a) is _unshared(b)
+
+
+def _optimizer_class(optimizer: OptimizerFactory) -> str | None:
+    """``torch.optim.AdamW`` for the class, a ``partial(AdamW, ...)`` or the command line's
+    ``partial(instantiate, AdamW, ...)``."""
+    factory = _unshared(optimizer)
+    candidates = [factory.func, *factory.args] if isinstance(factory, functools.partial) else [factory]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, torch.optim.Optimizer):
+            module = "torch.optim" if candidate.__module__.startswith("torch.optim") else candidate.__module__
+            return f"{module}.{candidate.__name__}"
+    return None
 
 
 def lr_lambda(

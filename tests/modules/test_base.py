@@ -1,5 +1,7 @@
 """The module base: constructor preamble, several optimizers, eval toggling, the sample() contract."""
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
@@ -107,6 +109,65 @@ def test_one_optimizer_by_default_over_every_parameter():
     setup = model.configure_optimizers()
     assert isinstance(setup, dict) and setup["lr_scheduler"]["interval"] == "step"
     assert sum(len(g["params"]) for g in setup["optimizer"].param_groups) == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (
+            {"lr": -1.0},
+            "model.init_args.optimizer.init_args.lr: torch.optim.AdamW rejects it (Invalid learning",
+        ),
+        ({"lr": float("nan")}, "model.init_args.optimizer.init_args.lr: torch.optim.AdamW rejects it"),
+        ({"betas": (1.5, 0.999)}, "model.init_args.optimizer.init_args.betas: torch.optim.AdamW rejects it"),
+        ({"eps": -1.0}, "model.init_args.optimizer.init_args.eps: torch.optim.AdamW"),
+        ({"weight_decay": -0.1}, "model.init_args.optimizer.init_args.weight_decay: torch.optim.AdamW"),
+    ],
+)
+def test_an_optimizer_value_torch_rejects_is_an_input_error_when_the_module_is_built(settings, message):
+    with pytest.raises(InputError, match="Fix: give") as raised:
+        Regression(nn.Linear(3, 1), optimizer=partial(torch.optim.AdamW, **settings))
+    assert str(raised.value).startswith(message)
+    with pytest.raises(
+        InputError, match=r"^model\.init_args\.optimizer\.init_args\.alpha: the optimizer rejects"
+    ):
+        Regression(nn.Linear(3, 1), optimizer=lambda params: torch.optim.RMSprop(params, alpha=-1.0))
+    Regression(nn.Linear(3, 1), optimizer=partial(torch.optim.AdamW, lr=0.0))  # a learning rate of 0 is fine
+
+
+class Critic(NetModule):
+    """Two optimizers, the second from a constructor argument of its own."""
+
+    def __init__(self, net: nn.Module, critic_optimizer=torch.optim.SGD, **kwargs):
+        super().__init__(net, **kwargs)
+        self.critic_optimizer = critic_optimizer
+        self.automatic_optimization = False
+
+    def optimizations(self) -> dict[str, Optimization]:
+        return {
+            "net": Optimization(self.optimizer, self.net[0]),
+            "critic": Optimization(self.critic_optimizer, self.net[1]),
+            "unnamed": Optimization(partial(torch.optim.SGD, lr=-2.0), self.net[1]),
+        }
+
+
+def test_each_of_several_optimizers_is_checked_naming_its_field_or_its_name():
+    net = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    model = Critic(net, critic_optimizer=partial(torch.optim.SGD, lr=0.1, momentum=-1.0))
+    with pytest.raises(InputError, match=r"^model\.init_args\.critic_optimizer\.init_args\.momentum: torch"):
+        model.check_optimizations()
+    model = Critic(net, critic_optimizer=partial(torch.optim.SGD, lr=0.1))
+    with pytest.raises(InputError, match=r"^model: optimizer 'unnamed' \(torch\.optim\.SGD\) rejects lr"):
+        model.check_optimizations()
+
+
+@pytest.mark.parametrize(
+    ("settings", "field"),
+    [({"warmup_steps": -1}, "warmup_steps"), ({"min_lr_ratio": float("nan")}, "min_lr_ratio")],
+)
+def test_a_schedule_value_out_of_range_names_its_field(settings, field):
+    with pytest.raises(InputError, match=rf"^model\.init_args\.{field}: expected .* Fix: give"):
+        Regression(nn.Linear(3, 1), **settings)
 
 
 class Blobs(GenerativeModule):
