@@ -15,6 +15,7 @@ from typing import ClassVar
 import lightning as L
 from filelock import FileLock, Timeout
 from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
 
 from lightning_seq.errors import InputError
 from lightning_seq.utils import run_dir
@@ -257,6 +258,19 @@ class CachedDataModule(L.LightningDataModule):
         """
         if self.cache_hit is None:
             self.cache_hit = build_once(self.cache_path, self._write_cache, done=MANIFEST)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        """The DataLoader of ``split``; training's (``shuffle``) is shuffled and resumable."""
+        raise NotImplementedError
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
 
     def copy_to_run(self, stage: str, files: dict[str, str]) -> None:
         """At the start of a fit, rank zero copies cached files (``{cached name: name in the run}``, the

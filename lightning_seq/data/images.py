@@ -560,15 +560,6 @@ class ImageDataModule(CachedDataModule):
             pin_memory=torch.cuda.is_available(),
         )
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", train=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", train=False)
-
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
 

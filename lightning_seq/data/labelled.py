@@ -401,15 +401,6 @@ class LabelledTextDataModule(CachedDataModule):
         collate = partial(collate_labelled, pad_id=self.pad_id)
         return batched_loader(self, self.dataset(split), shuffle, collate)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
     def predict_inputs(self) -> list:
         """What ``lightning predict`` labels: ``inputs``, or a few examples."""
         if self.inputs is not None:

@@ -390,15 +390,6 @@ class ParallelTextDataModule(CachedDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return batched_loader(self, self.dataset(split), shuffle, partial(collate_pairs, pad_id=self.pad_id))
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
     def predict_inputs(self) -> list[str]:
         """The sentences ``lightning predict`` translates: ``inputs``, or a few examples."""
         if self.inputs is not None:

@@ -311,15 +311,6 @@ class TextDataModule(CachedDataModule):
         windows = TokenWindows(tokens, self.block_size, self.train_stride if split == "train" else None)
         return batched_loader(self, windows, shuffle)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(self.prompts, batch_size=len(self.prompts), collate_fn=list)
 
