@@ -19,10 +19,12 @@ datasets, the dataset's own memory-mapped cache).
 Splits: the source's train / val / test; a missing val split is carved from train
 (``val_fraction``, seeded), a missing test split reuses val.
 
-Batches are ``{"image": uint8 (B, C, H, W), "label": int64 (B,)}`` out of the DataLoader (no
-``"label"`` with ``labels: none``); :meth:`ImageDataModule.on_after_batch_transfer` turns the images
-into the ``pixels`` convention (:mod:`.pixels`) on the device, augments training batches in
-``[0, 1]`` first, and adds ``"target"`` soft targets ``(B, num_classes)`` when MixUp or CutMix is on.
+Batches are ``{"image": uint8 (B, C, H, W), "label": int64 (B,), "index": int64 (B,)}`` out of the
+DataLoader (no ``"label"`` with ``labels: none``; ``"index"`` is each item's position in its split, for
+per-item random draws that do not depend on batches or processes: dynamic binarisation, a VAE's noise);
+:meth:`ImageDataModule.on_after_batch_transfer` turns the images into the ``pixels`` convention
+(:mod:`.pixels`) on the device, augments training batches in ``[0, 1]`` first, and adds ``"target"``
+soft targets ``(B, num_classes)`` when MixUp or CutMix is on.
 """
 
 import json
@@ -542,7 +544,7 @@ class ImageDataModule(CachedDataModule):
             if self._hub is None:  # the dataset's own memory-mapped cache
                 self._hub = our_splits(read_hub(self.dataset, self.dataset_config, self.kind), self.dataset)
             images = HubRows(self._hub[meta["splits"][split]["source_split"]], meta["image_column"], rows)
-        return ImageItems(images, labels, self.image_size, meta["in_channels"], with_index=self._dynamic)
+        return ImageItems(images, labels, self.image_size, meta["in_channels"], with_index=True)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self._datasets[split]
@@ -583,7 +585,7 @@ class ImageDataModule(CachedDataModule):
         uint8 images become floats in [0, 1]; for training they are augmented; then they are converted
         to the ``pixels`` convention. With MixUp/CutMix on, training batches get soft ``target`` rows
         ``(B, num_classes)`` (mixed after normalisation for ``normalized``, else in [0, 1] before the
-        conversion). Dynamic binarisation uses the batch's ``"index"`` (and removes it) and ``epoch``
+        conversion). Dynamic binarisation uses the batch's ``"index"`` and ``epoch``
         (default: the Trainer's); evaluation batches get the same draws every epoch.
         """
         images = batch["image"]
@@ -607,7 +609,7 @@ class ImageDataModule(CachedDataModule):
         """``[0, 1]`` images to a convention other than ``normalized``."""
         if not self._dynamic:
             return px.from_unit(unit, self.pixels)
-        index = batch.pop("index", None)
+        index = batch.get("index")
         if index is None:
             raise ValueError(
                 "dynamic binarisation draws per item: the batch needs the items' 'index' "

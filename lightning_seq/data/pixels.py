@@ -30,6 +30,7 @@ Stats = Tensor | Sequence[float] | None
 _MASK = 0xFFFFFFFF  # hashes work on 32-bit values held in int64, so no product overflows
 _MIX = 0x45D9F3B
 _GOLDEN = 0x9E3779B9
+_NORMALS = 0x6E6F726D  # "norm": the streams of item_normals, apart from binarisation's 0, 1...
 
 
 def from_uint8(images_uint8: Tensor, pixels: Pixels, mean: Stats = None, std: Stats = None) -> Tensor:
@@ -127,6 +128,20 @@ def item_uniforms(
     bits = _mix(_mix(items[:, None] ^ positions[None, :]) ^ key)  # (B, N)
     uniforms = (bits >> 8).float() * (1.0 / (1 << 24))  # (B, N) in [0, 1)
     return uniforms.view(index.shape[0], *shape)  # (B, *shape)
+
+
+def item_normals(
+    index: Tensor, shape: Sequence[int], seed: int = 0, epoch: int = 0, stream: int = 0
+) -> Tensor:
+    """Standard normals ``(B, *shape)``, functions of ``(seed, stream, epoch, index[b], position)``.
+
+    Box-Muller on two streams of :func:`item_uniforms`, apart from those of dynamic binarisation:
+    ``sqrt(-2 ln(1 - u1)) cos(2 pi u2)``. The same item gets the same draws on any device, in any batch,
+    in any process and after a resume (e.g. a VAE's reparameterisation noise under DDP).
+    """
+    u1 = item_uniforms(index, shape, seed, epoch, (2 * stream) ^ _NORMALS)
+    u2 = item_uniforms(index, shape, seed, epoch, (2 * stream + 1) ^ _NORMALS)
+    return torch.sqrt(-2.0 * torch.log1p(-u1)) * torch.cos(2.0 * torch.pi * u2)
 
 
 def _mix(x):

@@ -5,6 +5,7 @@ from torch import nn
 
 from lightning_seq.data.pixels import PIXELS, Pixels
 from lightning_seq.errors import InputError
+from lightning_seq.layers.likelihoods import bits_per_dim
 from lightning_seq.modules._base import NetModule
 
 
@@ -82,6 +83,21 @@ class GenerativeModule(NetModule):
                 f"shape {tuple(labels.shape)} with values {labels.min().item()}..{labels.max().item()}."
             )
         return labels
+
+    def log_likelihood(self, stage: str, nll: torch.Tensor, dims: int, batch_size: int) -> None:
+        """Log ``stage/nll`` (nats per image) and ``stage/bpd`` (bits per dimension) of ``nll (B,)``: every
+        step in training; in validation and test the epoch's mean over images and ranks.
+
+        Args:
+            stage: ``train``, ``val`` or ``test``.
+            nll: ``-log p(x)`` (or a bound on it) of each image of the batch, in nats.
+            dims: values per image, ``C * H * W``.
+            batch_size: images in the batch.
+        """
+        train = stage == "train"
+        nll = nll.detach().float().mean()
+        values = {f"{stage}/nll": nll, f"{stage}/bpd": bits_per_dim(nll, dims)}
+        self.log_dict(values, on_step=train, on_epoch=not train, sync_dist=not train, batch_size=batch_size)
 
     def noise(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise of ``shape`` on this module's device, drawn on the generator's device

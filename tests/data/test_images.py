@@ -133,7 +133,7 @@ def test_28_pixel_grey_unit_variant():
     raw = next(iter(dm.train_dataloader()))
     batch = dm.transform(dict(raw, image=raw["image"].clone()), train=True)
     assert batch["image"].shape == (32, 1, 28, 28) and batch["image"].dtype == torch.float32
-    assert torch.equal(batch["image"], raw["image"] / 255.0) and set(batch) == {"image", "label"}
+    assert torch.equal(batch["image"], raw["image"] / 255.0) and set(batch) == {"image", "label", "index"}
     rgb = scenes.render(scenes.make_scene(0, 5, 28))
     assert torch.equal(
         dm.split_dataset("train")[5]["image"], torch.from_numpy(np.array(rgb.convert("L")))[None]
@@ -504,7 +504,7 @@ class Recorder(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         self.seen[(self.current_epoch, batch_idx)] = batch["image"].clone()
-        assert set(batch) == {"image", "label"}  # the items' index is used up
+        assert set(batch) == {"image", "label", "index"}
         return self.layer(batch["image"].float().mean().view(1, 1)).sum()
 
     def validation_step(self, batch, batch_idx):
@@ -556,13 +556,17 @@ def test_unlabelled_embedded_scenes_give_images_only(tmp_path):
 
     class Images(Recorder):
         def training_step(self, batch, batch_idx):
-            assert set(batch) == {"image"} and batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+            assert (
+                set(batch) == {"image", "index"}
+                and batch["image"].min() >= -1.0
+                and batch["image"].max() <= 1.0
+            )
             return self.layer(batch["image"].mean().view(1, 1)).sum()
 
     model = Images()
     run = quiet_trainer(tmp_path, max_epochs=1, limit_train_batches=2, limit_val_batches=1)
     run.fit(model, datamodule=dm)
-    assert set(model.val[0]) == {"image"}
+    assert set(model.val[0]) == {"image", "index"}
     path = tmp_path / "unlabelled.ckpt"
     run.save_checkpoint(path)
     state = torch.load(path, weights_only=True)["ImageDataModule"]
@@ -603,7 +607,7 @@ def test_unlabelled_folders(tmp_path, layout):
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"image"} and batch["image"].shape == (4, 3, 16, 16)
+    assert set(batch) == {"image", "index"} and batch["image"].shape == (4, 3, 16, 16)
     assert dm.meta["classes"] is None and dm.state_dict()["classes"] is None
     if layout != "class folders":
         with pytest.raises(InputError, match=r"not in a class folder.*data\.labels: none"):
@@ -617,7 +621,7 @@ def test_unlabelled_hub_dataset_keeps_every_split(tmp_path):
     assert dm.meta["label_column"] is None and dm.in_channels == 1
     assert len(dm.split_dataset("test")) == 9
     dm.setup("fit")
-    assert set(next(iter(dm.train_dataloader()))) == {"image"}
+    assert set(next(iter(dm.train_dataloader()))) == {"image", "index"}
 
 
 def test_checkpoint_state_says_how_the_model_is_fed():

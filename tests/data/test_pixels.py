@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from lightning_seq.data import pixels as px
 from lightning_seq.data.pixels import PIXELS, binarize, from_uint8, from_unit, item_uniforms, to_unit
 
 ALL = torch.arange(256, dtype=torch.uint8).view(1, 1, 16, 16)  # every 8-bit value once, (1, 1, 16, 16)
@@ -107,3 +108,22 @@ def test_dynamic_draws_are_the_same_on_the_gpu():
     on_cpu = binarize(images, index, seed=7, epoch=4)
     on_gpu = binarize(images.cuda(), index.cuda(), seed=7, epoch=4)
     assert torch.equal(on_gpu.cpu(), on_cpu)
+
+
+def test_item_normals_are_standard_normal_and_depend_on_the_item_alone():
+    index = torch.arange(4000)
+    z = px.item_normals(index, (3, 5), seed=7, epoch=2, stream=1)  # (4000, 3, 5)
+    assert z.shape == (4000, 3, 5)
+    flat = z.flatten()
+    assert abs(flat.mean()) < 0.02 and abs(flat.std() - 1) < 0.02
+    # quantiles of N(0, 1): 2.3%, 15.9%, 50%, 84.1%, 97.7% below -2, -1, 0, 1, 2
+    below = [(flat < t).float().mean().item() for t in (-2.0, -1.0, 0.0, 1.0, 2.0)]
+    assert all(abs(b - e) < 0.01 for b, e in zip(below, (0.0228, 0.1587, 0.5, 0.8413, 0.9772), strict=True))
+    # the same items in another batch order, alone: the same draws
+    order = torch.randperm(4000, generator=torch.Generator().manual_seed(0))[:64]
+    assert torch.equal(px.item_normals(index[order], (3, 5), seed=7, epoch=2, stream=1), z[order])
+    assert not torch.equal(px.item_normals(index[:64], (3, 5), seed=7, epoch=3, stream=1), z[:64])
+    assert not torch.equal(px.item_normals(index[:64], (3, 5), seed=7, epoch=2, stream=0), z[:64])
+    # apart from the binarisation draws of the same items
+    u = px.item_uniforms(index, (3, 5), seed=7, epoch=2, stream=0).flatten()
+    assert abs(torch.corrcoef(torch.stack([u, flat]))[0, 1]) < 0.03
