@@ -139,6 +139,8 @@ class ImageDataModule(CachedDataModule):
         max_objects: most shapes in an embedded scene.
         object_size: an embedded shape's side as fractions ``[low, high]`` of the image side when it is
             alone (``1 / sqrt(n)`` of that among ``n``); None: ``[0.3, 0.75]``.
+        scene_style: how the embedded scenes are drawn: ``color`` (coloured shapes on textured dark
+            backgrounds) or ``mono`` (white shapes on black, for binarised pixels, like MNIST's strokes).
         seed: the embedded scenes, the carving of validation from train, dynamic binarisation.
         val_fraction: share of train carved off for validation when the source has no validation split.
         batch_size: training images per batch on each device.
@@ -178,6 +180,7 @@ class ImageDataModule(CachedDataModule):
         min_objects: int = 1,
         max_objects: int = 1,
         object_size: tuple[float, float] | None = None,
+        scene_style: Literal["color", "mono"] = "color",
         seed: int = 0,
         val_fraction: float = 0.1,
         batch_size: int = 128,
@@ -211,6 +214,7 @@ class ImageDataModule(CachedDataModule):
         self.sizes = {"train": num_train, "val": num_val, "test": num_test}
         self.min_objects, self.max_objects = min_objects, max_objects
         self.object_size = None if object_size is None else scenes.check_object_size(object_size)
+        self.scene_style = scene_style
         self.seed, self.val_fraction = seed, val_fraction
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -232,7 +236,7 @@ class ImageDataModule(CachedDataModule):
             raise InputError(f"data.image_size: expected at least 8 pixels, got {args['image_size']}.")
         for name, allowed in (
             ("pixels", PIXELS), ("binarize", ("static", "dynamic")), ("labels", ("class", "none")),
-            ("label_by", ("shape", "color")), ("channels", (None, 1, 3)),
+            ("label_by", ("shape", "color")), ("channels", (None, 1, 3)), ("scene_style", scenes.STYLES),
         ):  # fmt: skip
             if args[name] not in allowed:
                 shown = " or ".join(repr(a) if isinstance(a, str) else str(a) for a in allowed)
@@ -342,6 +346,8 @@ class ImageDataModule(CachedDataModule):
             "objects": [self.min_objects, self.max_objects],
             "object_size": list(self.object_size or scenes.OBJECT_SIZE),
         }
+        if self.scene_style != "color":  # only non-default settings: default keys stay as they were
+            ident["style"] = self.scene_style
         return self.cache_root / "scenes" / key_of(ident)
 
     @cached_property
@@ -390,7 +396,7 @@ class ImageDataModule(CachedDataModule):
         again when they no longer match their manifest; checked once per DataModule."""
         if self._scenes_checked:
             return
-        settings = (self.min_objects, self.max_objects, None, self.object_size)
+        settings = (self.min_objects, self.max_objects, None, self.object_size, self.scene_style)
         build_once(
             self.scenes_path,
             lambda out: scenes.fill_scene_folder(out, self.image_size, self.sizes, self.seed, *settings),

@@ -49,6 +49,10 @@ OBJECT_SIZE = (0.3, 0.75)
 
 SUPERSAMPLE = 4  # shapes are drawn at 4x and downsampled: antialiased edges
 
+#: How a scene is drawn: ``color``, coloured shapes on a textured dark background; ``mono``, white
+#: shapes on plain black (the strokes-on-black look of MNIST that binarised pixels need).
+STYLES = ("color", "mono")
+
 
 @dataclass
 class SceneObject:
@@ -155,20 +159,29 @@ def check_object_size(object_size: tuple[float, float] | None) -> tuple[float, f
     return values  # type: ignore[return-value]
 
 
-def render(scene: Scene, image_size: int | None = None) -> Image.Image:
-    """Draw a scene as an RGB image of side ``image_size`` (default: the scene's own)."""
+def render(scene: Scene, image_size: int | None = None, style: str = "color") -> Image.Image:
+    """Draw a scene as an RGB image of side ``image_size`` (default: the scene's own) in ``style``
+    (:data:`STYLES`)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown scene style {style!r}; expected one of {', '.join(STYLES)}")
     size = image_size or scene.image_size
     big = size * SUPERSAMPLE
     zoom = big / scene.image_size
-    ramp = np.linspace(-0.5, 0.5, big)
-    base = np.asarray(scene.background, np.float32)
-    canvas = base + scene.gradient[0] * ramp[None, :, None] + scene.gradient[1] * ramp[:, None, None]
-    image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
+    if style == "mono":
+        image = Image.new("RGB", (big, big), "black")
+    else:
+        ramp = np.linspace(-0.5, 0.5, big)
+        base = np.asarray(scene.background, np.float32)
+        canvas = base + scene.gradient[0] * ramp[None, :, None] + scene.gradient[1] * ramp[:, None, None]
+        image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:
         left, top, right, bottom = (v * zoom for v in obj.bbox)
-        _draw_shape(draw, obj.shape, COLORS[obj.color], left, top, right, bottom)
+        rgb = (255, 255, 255) if style == "mono" else COLORS[obj.color]
+        _draw_shape(draw, obj.shape, rgb, left, top, right, bottom)
     image = image.resize((size, size), Image.Resampling.BOX)
+    if style == "mono":
+        return image
     noise = np.random.default_rng(scene.texture_seed).normal(0.0, 5.0, (size, size, 1))  # grey grain
     pixels = np.asarray(image, np.float32) + noise
     return Image.fromarray(np.clip(pixels.round(), 0, 255).astype(np.uint8), "RGB")
@@ -277,6 +290,7 @@ def write_scene_dataset(
     max_objects: int = 1,
     processes: int | None = None,
     object_size: tuple[float, float] | None = None,
+    style: str = "color",
 ) -> None:
     """Write scenes as a Hugging Face ``imagefolder``: ``root/<split>/<index:06d>.png`` + ``metadata.jsonl``.
 
@@ -293,11 +307,14 @@ def write_scene_dataset(
         max_objects: most objects per scene.
         processes: worker processes drawing images (default: one per CPU, at most 8).
         object_size: one object's side as fractions of the image side (see :func:`make_scene`).
+        style: how the scenes are drawn (:data:`STYLES`).
     """
     _check_splits(sizes)
 
     def fill(folder: Path) -> None:
-        fill_scene_folder(folder, image_size, sizes, seed, min_objects, max_objects, processes, object_size)
+        fill_scene_folder(
+            folder, image_size, sizes, seed, min_objects, max_objects, processes, object_size, style
+        )
 
     replace_folder(Path(root), fill)
 
@@ -311,6 +328,7 @@ def fill_scene_folder(
     max_objects: int = 1,
     processes: int | None = None,
     object_size: tuple[float, float] | None = None,
+    style: str = "color",
 ) -> None:
     """Write the scenes into the existing empty ``folder``; :func:`write_scene_dataset` without the rename."""
     _check_splits(sizes)
@@ -320,7 +338,7 @@ def fill_scene_folder(
         (folder / split).mkdir()
         for start in range(0, count, 500):
             numbers = range(start, min(count, start + 500))
-            settings = (image_size, seed, min_objects, max_objects, object_size)
+            settings = (image_size, seed, min_objects, max_objects, object_size, style)
             jobs.append((folder / split, split, numbers, *settings))
     records: dict[str, list[dict]] = {split: [] for split in sizes}
     processes = processes or cpu_count()
@@ -343,12 +361,12 @@ def _check_splits(sizes: dict[str, int]) -> None:
 
 
 def _write_chunk(job) -> tuple[str, list[dict]]:
-    folder, split, numbers, image_size, seed, min_objects, max_objects, object_size = job
+    folder, split, numbers, image_size, seed, min_objects, max_objects, object_size, style = job
     records = []
     for i in numbers:
         index = SPLIT_OFFSETS[split] + i
         scene = make_scene(seed, index, image_size, min_objects, max_objects, object_size)
         name = f"{i:06d}.png"
-        render(scene).save(folder / name, compress_level=1)
+        render(scene, style=style).save(folder / name, compress_level=1)
         records.append(scene_record(scene, name, index))
     return split, records

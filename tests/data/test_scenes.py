@@ -175,3 +175,17 @@ def test_object_size_sets_the_range_of_the_shapes():
 def test_unknown_split_names_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"unknown split\(s\) \['validation'\]"):
         write_scene_dataset(tmp_path / "scenes", 16, {"train": 2, "validation": 2}, seed=0)
+
+
+def test_mono_scenes_are_white_shapes_on_black_where_the_colour_scene_has_them():
+    scene = make_scene(seed=0, index=3, image_size=28, max_objects=2)
+    mono = np.asarray(render(scene, style="mono"))  # (28, 28, 3)
+    assert (mono[..., 0] == mono[..., 1]).all() and (mono[..., 1] == mono[..., 2]).all()  # grey
+    assert mono.min() == 0 and mono.max() == 255
+    edges = (mono > 0) & (mono < 255)
+    assert edges.mean() < 0.15  # only antialiased borders are grey
+    for obj in scene.objects:  # every filled shape's centre is lit
+        if obj.shape in FILLED:
+            assert mono[round(obj.y), round(obj.x)].min() > 128
+    with pytest.raises(ValueError, match="style"):
+        render(scene, style="sepia")
