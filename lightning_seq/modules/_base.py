@@ -23,7 +23,13 @@ from lightning_seq.modules._optim import (
     configure_optimization,
     same_factory,
 )
-from lightning_seq.modules._resume import gather_ranks, own_rank, rng_state, set_rng_state
+from lightning_seq.modules._resume import (
+    apply_loader_positions,
+    gather_ranks,
+    own_rank,
+    rng_state,
+    set_rng_state,
+)
 from lightning_seq.utils import evaluating, plain_hparams
 
 
@@ -71,7 +77,7 @@ class NetModule(L.LightningModule):
 
     **Checkpoints** also keep each rank's :meth:`resume_state`, so that a run resumed from any step ends
     with the weights of an uninterrupted one. A subclass that overrides ``on_save_checkpoint`` or
-    ``on_load_checkpoint`` calls ``super()``.
+    ``on_load_checkpoint`` (or ``on_train_start``) calls ``super()``.
 
     Args:
         net: the network (a ``class_path`` config from the recipe, or an ``nn.Module``).
@@ -194,6 +200,9 @@ class NetModule(L.LightningModule):
     def load_resume_state(self, state: dict) -> None:
         """Restore what :meth:`resume_state` returned."""
         set_rng_state(state["rng"])
+
+    def on_train_start(self) -> None:
+        apply_loader_positions(self.trainer)  # a subclass that overrides on_train_start calls super()
 
     def _fitting(self) -> bool:
         return self._trainer is not None and self.trainer.state.fn == TrainerFn.FITTING

@@ -59,3 +59,17 @@ def own_rank(states: list[dict], trainer: L.Trainer | None) -> dict | None:
         "and schedule are restored, but random streams and data order differ from an uninterrupted run."
     )
     return None
+
+
+def apply_loader_positions(trainer: L.Trainer) -> None:
+    """Hand the checkpoint's DataLoader positions to the train loader when Lightning would drop them.
+
+    Lightning applies the saved loader states when it builds the train loader during a resumed fit.
+    When the loader was built earlier, before the checkpoint's loops were restored (the schedule's
+    ``trainer.estimated_stepping_batches`` builds it whenever ``max_epochs`` is set), the states are
+    kept but never applied, and a run resumed mid-epoch would start the epoch over (Lightning 2.6).
+    Called at the start of training (``on_train_start``: after the restore, before the first batch).
+    """
+    loop = trainer.fit_loop
+    if loop._combined_loader is not None and loop._combined_loader_states_to_load:
+        loop._load_combined_loader_states()

@@ -211,3 +211,55 @@ def test_a_conditional_model_cycles_through_the_classes_or_takes_the_labels_give
     with pytest.raises(InputError, match=r"model\.pixels"):
         Blobs(nn.Identity(), pixels="float")
     assert Blobs(nn.Identity(), num_classes=3).num_classes is None  # linked, but not conditional
+
+
+class BatchRecorder(NetModule):
+    """Records the items of every training batch by step."""
+
+    def __init__(self, **kwargs):
+        super().__init__(nn.Linear(1, 1), **kwargs)
+        self.seen: dict[int, list[int]] = {}
+
+    def _step(self, batch, stage):
+        if stage == "train":
+            self.seen[self.global_step] = batch["index"].tolist()
+        return {"loss": self.net(batch["image"].float().mean().view(1, 1)).sum()}
+
+
+class Crash(L.Callback):
+    """Stops the process's training with an error at step ``step``, like a kill."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError("crash")
+
+
+def test_a_fit_resumed_mid_epoch_goes_on_with_the_next_batch_when_max_epochs_is_set(tmp_path):
+    """With ``max_epochs`` set, the schedule's ``estimated_stepping_batches`` builds the train loader before
+    Lightning restores the checkpoint's loops, and Lightning then never applies the saved loader position;
+    the base applies it at ``on_train_start``, so the resumed run does not start the epoch over."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from trainers import quiet_trainer
+
+    from lightning_seq.data import ImageDataModule
+
+    def data():  # 6 batches an epoch
+        return ImageDataModule(image_size=16, num_train=96, num_val=16, num_test=16, batch_size=16,
+                               num_workers=0, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+
+    settings = dict(max_epochs=3, limit_val_batches=0)
+    whole = BatchRecorder()
+    quiet_trainer(tmp_path / "whole", **settings).fit(whole, data())
+    first, rest = BatchRecorder(), BatchRecorder()
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=4, save_last=True)
+    crashing = quiet_trainer(
+        tmp_path / "cut", enable_checkpointing=True, callbacks=[saving, Crash(10)], **settings
+    )
+    with pytest.raises(RuntimeError, match="crash"):
+        crashing.fit(first, data())
+    quiet_trainer(tmp_path / "cut", **settings).fit(rest, data(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert min(rest.seen) == 8  # the checkpoint of step 8, in the second epoch
+    assert {**first.seen, **rest.seen} == whole.seen
