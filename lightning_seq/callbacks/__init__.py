@@ -3,6 +3,7 @@ labelled image grids, generative image samples and their quality (FID, KID, cond
 fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run id) and a progress bar that counts
 steps when ``max_steps`` ends the run."""
 
+from lightning_seq.callbacks.elbo import ELBOLogging
 from lightning_seq.callbacks.fault_tolerance import NonFiniteLoss, RequeueOnSignal, RunIdentity
 from lightning_seq.callbacks.gradients import GradientClipping
 from lightning_seq.callbacks.images import ImagePredictions, ImageSamples
@@ -12,6 +13,7 @@ from lightning_seq.callbacks.quality import FeatureNetTraining, SampleQuality
 from lightning_seq.callbacks.samples import SampleGeneration
 
 __all__ = [
+    "ELBOLogging",
     "FeatureNetTraining",
     "GradientClipping",
     "ImagePredictions",

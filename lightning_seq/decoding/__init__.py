@@ -18,6 +18,10 @@ as state (``[(k, v), ...]`` of shape ``(N, heads, T, head_dim)``), or with ``sta
 whole token history and no cache. Decoding runs under ``torch.no_grad``; the functions return the
 new tokens only, ``(B, n)`` with ``n <= max_new_tokens``.
 
+Images of autoregressive models are drawn the same way, value by value, by :func:`sample_pixels` over a
+``logits_fn(images, labels) -> params`` function (:mod:`lightning_seq.decoding.pixels`), with the same
+temperature / top-k / top-p filter.
+
 Example::
 
     def step(tokens, state):
@@ -29,11 +33,13 @@ Example::
 
 from lightning_seq.decoding.beam import beam_search
 from lightning_seq.decoding.config import GenerationConfig, generate
+from lightning_seq.decoding.pixels import LogitsFn, sample_pixels
 from lightning_seq.decoding.state import State, StepFn, detach_state, map_state, repeat_state, select_state
 from lightning_seq.decoding.strategies import filter_logits, greedy, sample
 
 __all__ = [
     "GenerationConfig",
+    "LogitsFn",
     "State",
     "StepFn",
     "beam_search",
@@ -44,5 +50,6 @@ __all__ = [
     "map_state",
     "repeat_state",
     "sample",
+    "sample_pixels",
     "select_state",
 ]

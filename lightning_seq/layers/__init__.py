@@ -9,6 +9,13 @@ from lightning_seq.layers.attention import (
     causal_mask,
 )
 from lightning_seq.layers.channel_attention import SqueezeExcitation
+from lightning_seq.layers.gaussian import (
+    diagonal_normal_log_prob,
+    kl_diagonal_standard,
+    kl_gaussian,
+    reparameterize,
+    standard_normal_log_prob,
+)
 from lightning_seq.layers.linear_attention import (
     LinearAttention,
     LinearState,
@@ -16,6 +23,7 @@ from lightning_seq.layers.linear_attention import (
     linear_attention,
     linear_attention_reference,
 )
+from lightning_seq.layers.masked_conv import GatedBlock, MaskedConv2d, raster_mask, shift_down
 from lightning_seq.layers.patches import PatchEmbedding, patch_grid
 from lightning_seq.layers.positions import LearnedPositions, SinusoidalPositions, sinusoidal_table
 from lightning_seq.layers.recurrent import (
@@ -54,10 +62,12 @@ __all__ = [
     "DropPath",
     "FeedForward",
     "GRUCell",
+    "GatedBlock",
     "LSTMCell",
     "LearnedPositions",
     "LinearAttention",
     "LinearState",
+    "MaskedConv2d",
     "MultiHeadAttention",
     "PatchEmbedding",
     "PatchMerging",
@@ -75,18 +85,25 @@ __all__ = [
     "attention_fused",
     "attention_reference",
     "causal_mask",
+    "diagonal_normal_log_prob",
     "drop_path_rates",
     "elu_feature_map",
     "gru_cell",
     "init_linear_",
+    "kl_diagonal_standard",
+    "kl_gaussian",
     "linear_attention",
     "linear_attention_reference",
     "lstm_cell",
     "patch_grid",
+    "raster_mask",
     "relative_position_index",
+    "reparameterize",
     "rnn_tanh_cell",
+    "shift_down",
     "shifted_window_mask",
     "sinusoidal_table",
+    "standard_normal_log_prob",
     "window_partition",
     "window_reverse",
 ]

@@ -11,7 +11,9 @@ from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
 from lightning_seq.modules.classifier import SequenceClassifier, SequenceTagger
 from lightning_seq.modules.image_classifier import ImageClassifier, load_classifier
 from lightning_seq.modules.language_model import LanguageModel
+from lightning_seq.modules.pixelcnn import PixelCNNModel
 from lightning_seq.modules.seq2seq import Seq2Seq
+from lightning_seq.modules.vae import VariationalAutoencoder
 
 __all__ = [
     "GenerativeModule",
@@ -19,9 +21,11 @@ __all__ = [
     "LanguageModel",
     "NetModule",
     "Optimization",
+    "PixelCNNModel",
     "Seq2Seq",
     "SequenceClassifier",
     "SequenceTagger",
     "TokenizersInCheckpoints",
+    "VariationalAutoencoder",
     "load_classifier",
 ]

@@ -1,5 +1,6 @@
 """Pure torch networks (no Lightning), one file per model family, with named size presets."""
 
+from lightning_seq.nets.pixelcnn import GatedPixelCNN, PixelCNN, RowLSTM
 from lightning_seq.nets.resnet import ResNet
 from lightning_seq.nets.rnn_lm import RNNLM
 from lightning_seq.nets.seq2seq import RNNSeq2Seq, TransformerSeq2Seq
@@ -11,14 +12,19 @@ from lightning_seq.nets.sequence_classifier import (
 )
 from lightning_seq.nets.swin import Swin
 from lightning_seq.nets.transformer_lm import TransformerLM
+from lightning_seq.nets.vae import VAE
 from lightning_seq.nets.vit import ViT
 
 __all__ = [
     "RNNLM",
+    "VAE",
+    "GatedPixelCNN",
+    "PixelCNN",
     "RNNClassifier",
     "RNNSeq2Seq",
     "RNNTagger",
     "ResNet",
+    "RowLSTM",
     "Swin",
     "TransformerClassifier",
     "TransformerLM",
