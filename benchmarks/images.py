@@ -109,7 +109,7 @@ class StepTimer(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         dm = trainer.datamodule
         waited = dm.got - self.last_end if self.last_end is not None else 0.0
-        self.timed.record(batch_idx, waited, dm.augmented - dm.got)
+        self.timed.record(trainer.global_step, waited, dm.augmented - dm.got)  # batch_idx restarts each epoch
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.last_end = time.perf_counter()

@@ -1,9 +1,12 @@
 """Helpers shared by the command-line tests (importable because pytest puts tests/ on the path)."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,8 +60,9 @@ def run_python(script: str, cwd: Path) -> str:
 def checkpointing_fragment(
     folder: Path, steps: int, checkpoint_every: int, val_every: int, net: dict, data: dict, seed: int = 7
 ) -> str:
-    """A char-LSTM recipe fragment for resume tests: ``last.ckpt`` every ``checkpoint_every`` steps, a
-    CSV row at every step (flushed at once) and an offline W&B run, both named ``job``; its path."""
+    """A recipe fragment for resume tests: ``last.ckpt`` every ``checkpoint_every`` steps, a CSV row at
+    every step (flushed at once) and an offline W&B run, both named ``job``; ``net`` and ``data`` are
+    init_args of the recipe's net and DataModule. Its path."""
     path = folder / "fragment.yaml"
     path.write_text(
         textwrap.dedent(f"""
@@ -85,3 +89,38 @@ def checkpointing_fragment(
         encoding="utf-8",
     )
     return str(path)
+
+
+def logged_steps(run: Path) -> int:
+    """The highest step with a train/loss row in ``run/metrics.csv`` (-1 before the first)."""
+    path = run / "metrics.csv"
+    if not path.is_file():
+        return -1
+    lines = path.read_text().splitlines()
+    if not lines:
+        return -1
+    header = lines[0].split(",")
+    step, loss = header.index("step"), header.index("train/loss") if "train/loss" in header else None
+    rows = [line.split(",") for line in lines[1:]]
+    return max((int(r[step]) for r in rows if loss is not None and len(r) > loss and r[loss]), default=-1)
+
+
+def kill_after(args: list[str], cwd: Path, step: int, env: dict[str, str]) -> int:
+    """Start ``lightning ARGS`` in ``cwd`` (its run folder ``runs/job/version_0``, as
+    :func:`checkpointing_fragment` names it), SIGKILL it once ``step`` is logged; the last step it logged."""
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lightning_seq", *args], cwd=cwd, env=full_env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    run = cwd / "runs" / "job" / "version_0"
+    deadline = time.monotonic() + 300
+    try:
+        while logged_steps(run) < step:
+            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before step {step}"
+            assert time.monotonic() < deadline, "timed out"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    return logged_steps(run)

@@ -22,7 +22,7 @@ from clitools import (
 from imagefiles import class_folders, write_hub_layout
 from PIL import Image
 
-IMAGE_RECIPES = [p for p in RECIPES if "lightning_seq.data.ImageDataModule" in p.read_text()]
+IMAGE_RECIPES = [p for p in RECIPES if "lightning_seq.modules.ImageClassifier" in p.read_text()]
 RESNET_SE = str(REPO / "recipes" / "resnet_se.yaml")
 # a few hundred scenes instead of 16,000, so that each command takes seconds
 SMALL = [
@@ -43,7 +43,7 @@ def teacher(cli, tmp_path_factory) -> tuple[Path, Path]:
     return cwd, run_dir(cwd, "lightning_logs") / "checkpoints" / "best.ckpt"  # csv_only: default name
 
 
-def test_there_are_four_image_recipes():
+def test_there_are_four_image_classifier_recipes():
     assert {p.stem for p in IMAGE_RECIPES} == {"swin", "vit", "resnet_se", "deit"}
 
 

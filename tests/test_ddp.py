@@ -9,6 +9,8 @@ import torch
 from clitools import CSV_ONLY, DDP, REPO, ok
 
 CHAR_LSTM, VIT = str(REPO / "recipes" / "char_lstm.yaml"), str(REPO / "recipes" / "vit.yaml")
+VAE, PIXELCNN = str(REPO / "recipes" / "vae_conv.yaml"), str(REPO / "recipes" / "pixelcnn.yaml")
+SCENES = ["--data.init_args.num_train=512", "--data.init_args.num_val=64", "--data.init_args.num_test=64"]
 STEPS = 12
 COMMON = [f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=6", "--trainer.limit_val_batches=2",
           "--trainer.check_val_every_n_epoch=null", "--trainer.enable_progress_bar=false"]  # fmt: skip
@@ -30,6 +32,12 @@ CASES = {
     "image": [VIT, "--model.init_args.net.init_args.drop_path=0", "--model.init_args.net.init_args.depth=2",
               "--data.init_args.augment={crop_scale: null, hflip: false}", "--data.init_args.num_train=512",
               "--data.init_args.num_val=64", "--data.init_args.num_test=64"],
+    # A VAE: its reparameterisation noise and the dynamic binarisation are drawn per item and step, so
+    # each rank draws the noise of its own items; the ELBO terms, active units and samples callbacks run.
+    "vae": [VAE, "--model.init_args.net.init_args.preset=nano", "--model.init_args.kl_warmup_steps=6",
+            *SCENES],
+    # A gated PixelCNN: exact likelihood, dynamic binarisation; samples drawn on rank zero only.
+    "pixelcnn": [PIXELCNN, "--model.init_args.net.init_args.preset=nano", *SCENES],
 }  # fmt: skip
 
 

@@ -2,16 +2,11 @@
 ``--ckpt_path last``. (The parts one by one: tests/callbacks/test_fault_tolerance_parts.py.)"""
 
 import csv
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from clitools import REPO, checkpointing_fragment, ok
+from clitools import REPO, checkpointing_fragment, kill_after, ok
 
 RECIPE = str(REPO / "recipes" / "char_lstm.yaml")
 MAX_STEPS = 60
@@ -40,40 +35,6 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
     return state["state_dict"]
 
 
-def _logged_steps(run: Path) -> int:
-    """The highest step with a train/loss row in metrics.csv (-1 before the first)."""
-    path = run / "metrics.csv"
-    if not path.is_file():
-        return -1
-    lines = path.read_text().splitlines()
-    if not lines:
-        return -1
-    header = lines[0].split(",")
-    step, loss = header.index("step"), header.index("train/loss") if "train/loss" in header else None
-    rows = [line.split(",") for line in lines[1:]]
-    return max((int(r[step]) for r in rows if loss is not None and len(r) > loss and r[loss]), default=-1)
-
-
-def _kill_after(args: list[str], cwd: Path, step: int) -> int:
-    """Start ``lightning fit``, SIGKILL it once ``step`` is logged; the last step it logged."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **ONE_THREAD}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "lightning_seq", *args], cwd=cwd, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    run = cwd / "runs" / "job" / "version_0"
-    deadline = time.monotonic() + 300
-    try:
-        while _logged_steps(run) < step:
-            assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before step {step}"
-            assert time.monotonic() < deadline, "timed out"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait()
-    return _logged_steps(run)
-
-
 @pytest.mark.slow
 def test_kill_minus_9_then_resume_from_last_gives_the_weights_of_an_uninterrupted_run(
     cli, corpus_file, tmp_path
@@ -90,7 +51,7 @@ def test_kill_minus_9_then_resume_from_last_gives_the_weights_of_an_uninterrupte
     for target, mode in trials:
         cwd = _mkdir(tmp_path / f"kill{target}")
         args = _args(cwd, corpus_file, mode)
-        killed_at = _kill_after(args, cwd, target)
+        killed_at = kill_after(args, cwd, target, ONE_THREAD)
         assert killed_at < MAX_STEPS - 1
         run = cwd / "runs" / "job" / "version_0"
         saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]

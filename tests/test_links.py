@@ -13,11 +13,13 @@ LM = {"net.vocab_size", "pad_id", "carry_state"}
 TRANSLATION = {"net.src_vocab_size", "net.tgt_vocab_size", "pad_id", "bos_id", "eos_id"}
 LABELLED_TEXT = {"net.vocab_size", "net.num_classes", "pad_id", "classes"}
 IMAGES = {"net.num_classes", "net.image_size", "net.in_channels", "classes"}
+GENERATIVE = {"net.image_size", "net.in_channels", "pixels"}  # unlabelled: no classes
 EXPECTED = {
     "char_lstm": LM, "word_gru": LM, "rnn_tanh": LM, "gpt": LM, "linear_gpt": LM,
     "translate": TRANSLATION, "translate_rnn": TRANSLATION,
     "classify": LABELLED_TEXT, "tag": LABELLED_TEXT,
     "swin": IMAGES, "vit": IMAGES, "deit": IMAGES, "resnet_se": IMAGES,
+    "vae": GENERATIVE, "vae_conv": GENERATIVE, "pixelcnn": GENERATIVE,
 }  # fmt: skip
 SMALL_IMAGES = [
     "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",

@@ -59,8 +59,10 @@ class VariationalAutoencoder(GenerativeModule):
         train_samples: draws of ``z`` per image in the training ELBO.
         iwae_samples: ``k`` of the IWAE bound of ``test/nll``.
         iwae_batch: samples per image evaluated at once by the IWAE (memory: ``iwae_batch * B`` decodes).
-        sample_mode: what :meth:`sample` and the reconstructions show: the likelihood's ``mean`` (binary
-            pixels: the probability of 1) or a ``sample`` of it.
+        sample_mode: what :meth:`sample` returns: a ``sample`` of the likelihood (pixels in the data's
+            convention, 0/1 for binary ones, what sample-quality metrics compare with the data) or its
+            ``mean`` (binary pixels: the probability of 1, a smoother picture). Reconstructions and
+            interpolations always show the mean.
         seed: seeds the per-item noise.
         pixels: what the data's images hold (linked from the DataModule).
         conditional: must be false: the VAE is unconditional.
@@ -76,7 +78,7 @@ class VariationalAutoencoder(GenerativeModule):
         train_samples: int = 1,
         iwae_samples: int = 1000,
         iwae_batch: int = 100,
-        sample_mode: Literal["mean", "sample"] = "mean",
+        sample_mode: Literal["mean", "sample"] = "sample",
         seed: int = 0,
         pixels: px.Pixels = "binary",
         conditional: bool = False,
@@ -234,17 +236,17 @@ class VariationalAutoencoder(GenerativeModule):
         return {"loss": loss, **out, "inputs": x}
 
     # -------------------------------------------------------------------------------- generation
-    def _show(self, params: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """The likelihood's mean (or a sample) of ``params (N, P, C, H, W)`` in the pixel convention
-        (uint8 rounded to int64; binary means are probabilities)."""
-        if self.hparams.sample_mode == "sample":
+    def _show(self, params: Tensor, generator: torch.Generator | None = None, draw: bool = False) -> Tensor:
+        """The likelihood's mean (or with ``draw`` a sample) of ``params (N, P, C, H, W)`` in the pixel
+        convention (uint8 rounded to int64; binary means are probabilities)."""
+        if draw:
             return self.likelihood.sample(params, generator)
         mean = self.likelihood.mean(params)  # (N, C, H, W)
         return mean.round().long() if self.pixels == "uint8" else mean
 
     def _sample(self, n: int, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
         z = self.noise(n, self.latent_size, generator=generator)  # (n, Z) from the prior
-        return self._show(self.net.decode(z), generator)
+        return self._show(self.net.decode(z), generator, draw=self.hparams.sample_mode == "sample")
 
     def reconstruct(self, x: Tensor) -> Tensor:
         """Images ``(B, C, H, W)`` decoded from their posterior means, in the pixel convention."""
