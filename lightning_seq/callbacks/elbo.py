@@ -19,13 +19,11 @@ The same statistics of the test set are logged as ``test/kl_dim/<j>`` and ``test
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image
 
-from lightning_seq.callbacks.images import tile_grid, to_unit
+from lightning_seq.callbacks.images import publish_grid, tile_grid, to_unit
 from lightning_seq.errors import InputError
-from lightning_seq.utils import run_dir
 
 _TERMS = ("elbo", "recon", "kl")
 
@@ -161,14 +159,7 @@ class ELBOLogging(L.Callback):
         inputs, recons = (to_unit(trainer, pl_module, images) for images in self._pending)
         self._pending = None
         grid = reconstruction_grid(inputs, recons, self.tile_size)
-        step = trainer.global_step
-        path = run_dir(trainer) / "reconstructions" / f"step_{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                caption = f"step {step}: input | reconstruction"
-                logger.log_image(key="val/reconstructions", images=[grid], caption=[caption], step=step)
+        publish_grid(trainer, grid, "reconstructions", "val/reconstructions", "input | reconstruction")
         self.last_grid = grid
         return grid
 

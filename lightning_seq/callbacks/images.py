@@ -76,14 +76,7 @@ class ImagePredictions(L.Callback):
             images = (images - low) / (images.amax(dim=(1, 2, 3), keepdim=True) - low).clamp(min=1e-8)
         names = getattr(pl_module, "classes", None) or getattr(datamodule, "classes", None)
         grid = draw_grid(images, labels, preds, names, self.tile_size)
-        step = trainer.global_step
-        path = run_dir(trainer) / "predictions" / f"step_{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                caption = f"step {step}: true / predicted"
-                logger.log_image(key="val/predictions", images=[grid], caption=[caption], step=step)
+        publish_grid(trainer, grid, "predictions", "val/predictions", "true / predicted")
 
 
 def draw_grid(
@@ -94,6 +87,21 @@ def draw_grid(
     captions = [f"{name(t)} / {name(p)}" for t, p in zip(labels, preds, strict=True)]
     colours = [_RIGHT if t == p else _WRONG for t, p in zip(labels, preds, strict=True)]
     return tile_grid(images, tile_size=tile_size, captions=captions, colours=colours)
+
+
+def publish_grid(
+    trainer: L.Trainer, grid: Image.Image, folder: str, key: str, caption: str | None = None
+) -> None:
+    """Save ``grid`` to ``<run dir>/<folder>/step_NNNNNN.png`` and log it to W&B as ``key``, captioned
+    ``step N`` (then ``: caption``)."""
+    step = trainer.global_step
+    path = run_dir(trainer) / folder / f"step_{step:06d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid.save(path)
+    text = f"step {step}" + (f": {caption}" if caption else "")
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.log_image(key=key, images=[grid], caption=[text], step=step)
 
 
 def tile_grid(
@@ -216,12 +224,7 @@ class ImageSamples(L.Callback):
             names = class_names(trainer, pl_module) or [str(c) for c in range(num_classes)]
             captions = [names[c] for c in labels.tolist()]
         grid = tile_grid(images, cols, self.tile_size, captions)
-        path = run_dir(trainer) / "samples" / f"step_{step:06d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
-        for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger):
-                logger.log_image(key="val/samples", images=[grid], caption=[f"step {step}"], step=step)
+        publish_grid(trainer, grid, "samples", "val/samples")
         self.last_grid = grid
         return grid
 

@@ -67,14 +67,14 @@ EVAL_STREAM = 1  # dynamic binarisation: evaluation draws, fixed across epochs, 
 
 
 class ImageItems(Dataset):
-    """Item ``i``: ``{"image": uint8 (C, S, S), "label": int}``, decoded with PIL in the worker that asks.
+    """Item ``i``: ``{"image": uint8 (C, S, S), "label": int, "index": i}``, decoded with PIL in the worker
+    that asks (``"index"`` for per-item random draws on the device).
 
     Args:
         images: paths or image cells (:class:`HubRows`), one per item.
         labels: class ids ``(N,)``; None: unlabelled items (no ``"label"``).
         image_size: side ``S`` of the square images.
         channels: 1 (grey) or 3 (RGB).
-        with_index: also give each item's ``"index"`` ``i`` (for per-item random draws on the device).
     """
 
     def __init__(
@@ -83,10 +83,9 @@ class ImageItems(Dataset):
         labels: np.ndarray | None,
         image_size: int,
         channels: int,
-        with_index: bool = False,
     ):
         self.images, self.labels = images, labels
-        self.image_size, self.channels, self.with_index = image_size, channels, with_index
+        self.image_size, self.channels = image_size, channels
 
     def __len__(self) -> int:
         return len(self.images)
@@ -105,11 +104,9 @@ class ImageItems(Dataset):
 
     def _item(self, ref: ImageRef, i: int) -> dict:
         array = decode_image(ref, self.image_size, self.channels)  # (S, S, C)
-        item = {"image": torch.from_numpy(array).permute(2, 0, 1)}  # (C, S, S)
+        item = {"image": torch.from_numpy(array).permute(2, 0, 1), "index": i}  # image (C, S, S)
         if self.labels is not None:
             item["label"] = int(self.labels[i])
-        if self.with_index:
-            item["index"] = i
         return item
 
 
@@ -550,7 +547,7 @@ class ImageDataModule(CachedDataModule):
             if self._hub is None:  # the dataset's own memory-mapped cache
                 self._hub = our_splits(read_hub(self.dataset, self.dataset_config, self.kind), self.dataset)
             images = HubRows(self._hub[meta["splits"][split]["source_split"]], meta["image_column"], rows)
-        return ImageItems(images, labels, self.image_size, meta["in_channels"], with_index=True)
+        return ImageItems(images, labels, self.image_size, meta["in_channels"])
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self._datasets[split]
