@@ -33,27 +33,25 @@ class PixelCNNModel(GenerativeModule):
         net: the network, e.g. :class:`~lightning_seq.nets.GatedPixelCNN`.
         pixels: what the data's images hold (linked from the DataModule): ``binary`` for a Bernoulli
             net, ``uint8`` for a categorical one.
-        conditional: condition on the data's class labels (the net needs the same ``num_classes``).
-        num_classes: classes (linked from the DataModule); used when ``conditional``.
         temperature: sampling temperature, > 0.
         top_k: sample among the ``k`` most likely values of each channel only.
         top_p: sample from the nucleus of mass ``top_p`` only.
-        **kwargs: optimizer, schedule and ``compile``: see :class:`~lightning_seq.modules.NetModule`.
+        **kwargs: ``conditional`` and ``num_classes`` (the net needs the same ``num_classes``): see
+            :class:`~lightning_seq.modules.GenerativeModule`; optimizer, schedule and ``compile``: see
+            :class:`~lightning_seq.modules.NetModule`.
     """
 
     def __init__(
         self,
         net: nn.Module,
         pixels: Pixels = "binary",
-        conditional: bool = False,
-        num_classes: int | None = None,
         temperature: float = 1.0,
         top_k: int | None = None,
         top_p: float | None = None,
         **kwargs,
     ):
         _check_sampling(temperature, top_k, top_p)
-        super().__init__(net, pixels=pixels, conditional=conditional, num_classes=num_classes, **kwargs)
+        super().__init__(net, pixels=pixels, **kwargs)
         likelihood = getattr(net, "likelihood", None)
         if not isinstance(likelihood, PixelLikelihood):
             raise InputError(
@@ -61,7 +59,7 @@ class PixelCNNModel(GenerativeModule):
                 f"got {type(net).__name__}. Fix: use lightning_seq.nets.PixelCNN, GatedPixelCNN or RowLSTM."
             )
         check_pixels(likelihood, pixels, "model.init_args.net.init_args.likelihood")
-        _check_conditioning(net, conditional, self.num_classes)
+        _check_conditioning(net, self.num_classes is not None, self.num_classes)
 
     @property
     def likelihood(self) -> PixelLikelihood:
