@@ -22,6 +22,11 @@ class GradientClipping(L.Callback):
     every ``trainer.log_every_n_steps``: a value logged at another step would never be written, and
     each ``log`` call costs about 0.25 ms of Python on every step (see benchmarks/RESULTS.md).
 
+    Under manual optimisation it clips every optimizer step the module takes through Lightning (a
+    GAN's discriminator and generator steps alike). A module with several optimizers gets the metrics
+    of each under its name in ``optimizations()``: ``train/grad_norm_generator``,
+    ``train/grad_clipped_discriminator``...
+
     Args:
         clip_val: the largest gradient norm (``norm``) or absolute value (``value``); None only monitors.
         algorithm: ``norm`` (rescale all gradients together) or ``value`` (clamp each element).
@@ -35,11 +40,13 @@ class GradientClipping(L.Callback):
                 f"GradientClipping.clip_val: expected a positive number or null, got {clip_val}."
             )
         self.clip_val, self.algorithm = clip_val, algorithm
-        self._clipped: torch.Tensor | None = None  # clipped steps since the last log (no host sync)
-        self._steps = 0
+        # per optimizer: clipped steps since the last log (a tensor: no host sync), and steps
+        self._clipped: dict[str, torch.Tensor] = {}
+        self._steps: dict[str, int] = {}
+        self._names: dict[int, str] = {}  # id(optimizer) -> its metrics' suffix
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self._clipped, self._steps = None, 0
+        self._clipped, self._steps, self._names = {}, {}, {}
         if self.clip_val is not None and trainer.gradient_clip_val:
             raise InputError(
                 "trainer.gradient_clip_val is set and the GradientClipping callback clips too. "
@@ -56,20 +63,36 @@ class GradientClipping(L.Callback):
         log = trainer._logger_connector.should_update_logs
         clip_by_norm = self.clip_val is not None and self.algorithm == "norm"
         norm = get_total_norm(grads) if log or clip_by_norm else None
+        name = self._names.get(id(optimizer))
+        if name is None:
+            name = self._names[id(optimizer)] = _optimizer_suffix(trainer, pl_module, optimizer)
         if self.clip_val is not None:
             if clip_by_norm:
                 clipped = norm > self.clip_val
             else:
                 clipped = torch.stack([g.abs().amax() for g in grads]).amax() > self.clip_val
-            self._clipped = clipped.float() if self._clipped is None else self._clipped + clipped
-            self._steps += 1
+            before = self._clipped.get(name)
+            self._clipped[name] = clipped.float() if before is None else before + clipped
+            self._steps[name] = self._steps.get(name, 0) + 1
         if log:
-            pl_module.log("train/grad_norm", norm, on_step=True, on_epoch=False)
-            if self._steps:
-                share = self._clipped / self._steps
-                pl_module.log("train/grad_clipped", share, on_step=True, on_epoch=False)
-                self._clipped, self._steps = None, 0
+            pl_module.log(f"train/grad_norm{name}", norm, on_step=True, on_epoch=False)
+            if self._steps.get(name):
+                share = self._clipped.pop(name) / self._steps.pop(name)
+                pl_module.log(f"train/grad_clipped{name}", share, on_step=True, on_epoch=False)
         if self.clip_val is not None:
             pl_module.clip_gradients(
                 optimizer, gradient_clip_val=self.clip_val, gradient_clip_algorithm=self.algorithm
             )
+
+
+def _optimizer_suffix(trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> str:
+    """``""`` for a module's only optimizer; ``"_<name>"`` (its name in ``optimizations()``, else its
+    position) for one of several."""
+    optimizers = trainer.optimizers
+    if len(optimizers) < 2:
+        return ""
+    position = next((i for i, o in enumerate(optimizers) if o is optimizer), None)
+    if position is None:
+        return ""
+    names = list(pl_module.optimizations()) if hasattr(pl_module, "optimizations") else []
+    return f"_{names[position]}" if len(names) == len(optimizers) else f"_{position}"

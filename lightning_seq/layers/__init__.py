@@ -8,6 +8,7 @@ from lightning_seq.layers.attention import (
     attention_reference,
     causal_mask,
 )
+from lightning_seq.layers.batch_norm import CrossProcessBatchNorm, sync_batch_norm
 from lightning_seq.layers.channel_attention import SqueezeExcitation
 from lightning_seq.layers.gaussian import (
     diagonal_normal_log_prob,
@@ -59,6 +60,7 @@ from lightning_seq.layers.windows import (
 __all__ = [
     "KV",
     "AdditiveAttention",
+    "CrossProcessBatchNorm",
     "DropPath",
     "FeedForward",
     "GRUCell",
@@ -104,6 +106,7 @@ __all__ = [
     "shifted_window_mask",
     "sinusoidal_table",
     "standard_normal_log_prob",
+    "sync_batch_norm",
     "window_partition",
     "window_reverse",
 ]

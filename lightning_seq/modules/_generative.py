@@ -84,6 +84,35 @@ class GenerativeModule(NetModule):
             )
         return labels
 
+    def check_net_conditioning(self) -> None:
+        """Refuse a net whose ``num_classes`` disagrees with the module's: an unconditional model whose net
+        got the data's classes through the CLI's link (labelled data), or a conditional one whose net has
+        another number of classes."""
+        classes, conditional = getattr(self.net, "num_classes", None), self.num_classes is not None
+        if not conditional and classes:
+            raise InputError(
+                f"model.init_args.conditional: false, but the net is conditioned on {classes} classes (the "
+                "data is labelled, and the CLI links data.num_classes into the net). Fix: set "
+                "data.init_args.labels=none for an unconditional model, or model.init_args.conditional=true."
+            )
+        if conditional and classes != self.num_classes:
+            raise InputError(
+                f"model.init_args.net.init_args.num_classes: a conditional model of {self.num_classes} "
+                f"classes needs a net conditioned on as many, got {classes}. Fix: leave it to the data (the "
+                "CLI links data.num_classes), or set model.init_args.conditional=false."
+            )
+
+    def batch_labels(self, batch: dict) -> torch.Tensor | None:
+        """The batch's ``"label"`` for a conditional model (None for an unconditional one)."""
+        if self.num_classes is None:
+            return None
+        if "label" not in batch:
+            raise InputError(
+                "model.init_args.conditional: a class-conditional model needs labelled batches, but the data "
+                "has no labels. Fix: set data.init_args.labels=class, or model.init_args.conditional=false."
+            )
+        return batch["label"]
+
     def log_likelihood(self, stage: str, nll: torch.Tensor, dims: int, batch_size: int) -> None:
         """Log ``stage/nll`` (nats per image) and ``stage/bpd`` (bits per dimension) of ``nll (B,)``: every
         step in training; in validation and test the epoch's mean over images and ranks.

@@ -59,7 +59,7 @@ class PixelCNNModel(GenerativeModule):
                 f"got {type(net).__name__}. Fix: use lightning_seq.nets.PixelCNN, GatedPixelCNN or RowLSTM."
             )
         check_pixels(likelihood, pixels, "model.init_args.net.init_args.likelihood")
-        _check_conditioning(net, self.num_classes is not None, self.num_classes)
+        self.check_net_conditioning()
 
     @property
     def likelihood(self) -> PixelLikelihood:
@@ -79,19 +79,9 @@ class PixelCNNModel(GenerativeModule):
         """Exact ``log p(x)`` of each image ``(B,)``, in nats."""
         return self.likelihood.log_prob(self(images, labels), images)
 
-    def _labels(self, batch: dict) -> Tensor | None:
-        if self.num_classes is None:
-            return None
-        if "label" not in batch:
-            raise InputError(
-                "model.init_args.conditional: a class-conditional model needs labelled batches, but the data "
-                "has no labels. Fix: set data.init_args.labels=class, or model.init_args.conditional=false."
-            )
-        return batch["label"]
-
     def _step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         images = batch["image"]  # (B, C, H, W) in the data's convention
-        nll = -self.log_prob(images, self._labels(batch))  # (B,)
+        nll = -self.log_prob(images, self.batch_labels(batch))  # (B,)
         loss = nll.mean()
         size = images.size(0)
         self.log_loss(stage, loss, size)
@@ -115,22 +105,6 @@ class PixelCNNModel(GenerativeModule):
                 temperature=hp.temperature, top_k=hp.top_k, top_p=hp.top_p, generator=generator,
                 labels=labels, record=True, device=self.device,
             )  # fmt: skip
-
-
-def _check_conditioning(net: nn.Module, conditional: bool, num_classes: int | None) -> None:
-    classes = getattr(net, "num_classes", None)
-    if not conditional and classes:
-        raise InputError(
-            f"model.init_args.conditional: false, but the net is conditioned on {classes} classes (the data "
-            "is labelled, and the CLI links data.num_classes into the net). Fix: set "
-            "data.init_args.labels=none for an unconditional model, or model.init_args.conditional=true."
-        )
-    if conditional and classes != num_classes:
-        raise InputError(
-            f"model.init_args.net.init_args.num_classes: a conditional model of {num_classes} classes needs "
-            f"a net conditioned on as many, got {getattr(net, 'num_classes', None)}. Fix: leave it to the "
-            "data (the CLI links data.num_classes), or set model.init_args.conditional=false."
-        )
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
