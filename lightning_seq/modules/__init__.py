@@ -9,6 +9,7 @@ from lightning_seq.modules._base import NetModule, Optimization
 from lightning_seq.modules._generative import GenerativeModule
 from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
 from lightning_seq.modules.classifier import SequenceClassifier, SequenceTagger
+from lightning_seq.modules.gan import GAN
 from lightning_seq.modules.image_classifier import ImageClassifier, load_classifier
 from lightning_seq.modules.language_model import LanguageModel
 from lightning_seq.modules.pixelcnn import PixelCNNModel
@@ -16,6 +17,7 @@ from lightning_seq.modules.seq2seq import Seq2Seq
 from lightning_seq.modules.vae import VariationalAutoencoder
 
 __all__ = [
+    "GAN",
     "GenerativeModule",
     "ImageClassifier",
     "LanguageModel",

@@ -1,5 +1,6 @@
 """Pure torch networks (no Lightning), one file per model family, with named size presets."""
 
+from lightning_seq.nets.gan import DCGAN
 from lightning_seq.nets.pixelcnn import GatedPixelCNN, PixelCNN, RowLSTM
 from lightning_seq.nets.resnet import ResNet
 from lightning_seq.nets.rnn_lm import RNNLM
@@ -16,6 +17,7 @@ from lightning_seq.nets.vae import VAE
 from lightning_seq.nets.vit import ViT
 
 __all__ = [
+    "DCGAN",
     "RNNLM",
     "VAE",
     "GatedPixelCNN",
