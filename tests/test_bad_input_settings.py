@@ -47,7 +47,7 @@ CASES = {  # case: (arguments, what the one error line says)
     "unknown net class": (
         ["--model.init_args.net.class_path=lightning_seq.nets.ViTT"],
         "error: model.init_args.net: no class 'lightning_seq.nets.ViTT'; did you mean "
-        "lightning_seq.nets.ViT? Fix: use one of the classes of lightning_seq.nets: RNNLM,",
+        "lightning_seq.nets.ViT? Fix: use one of the classes of lightning_seq.nets: DCGAN, RNNLM,",
     ),
     "unknown module in a class_path": (
         ["--model.init_args.net.class_path=lightning_seq.netz.RNNLM"],

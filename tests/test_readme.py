@@ -53,8 +53,13 @@ def test_every_recipe_header_says_how_to_run_what_it_trains_and_reaches():
         assert re.search(r"\d\.\d", reaches), f"{recipe.name}: no measured figure in {reaches!r}"
 
 
+def python_block(containing: str) -> str:
+    """The README's python code block that contains ``containing``."""
+    return next(b for b in re.findall(r"```python\n(.*?)```", README, flags=re.S) if containing in b)
+
+
 def test_subclass_example_runs():
-    code = re.search(r"```python\n(.*?)```", README, flags=re.S).group(1)
+    code = python_block("class LabelSmoothedLM")
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     from lightning_seq.nets import RNNLM
@@ -66,9 +71,16 @@ def test_subclass_example_runs():
 
 
 def test_new_objective_example_states_only_its_own_arguments():
-    code = re.findall(r"```python\n(.*?)```", README, flags=re.S)[1]
+    code = python_block("class MyObjective")
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
     model = namespace["MyObjective"](torch.nn.Linear(3, 1), temperature=2.0, warmup_steps=5)
     assert model.hparams.temperature == 2.0 and model.hparams.warmup_steps == 5
     assert torch.isfinite(model._step(torch.randn(4, 3), "train")["loss"])
+
+
+def test_gan_example_builds_a_conditional_gan_that_samples():
+    namespace: dict = {}
+    exec(compile(python_block("GAN(net"), "README.md", "exec"), namespace)
+    images = namespace["model"].sample(6, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (6, 3, 32, 32) and images.abs().max() <= 1
