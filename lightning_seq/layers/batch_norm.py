@@ -93,9 +93,10 @@ def sync_batch_norm(module: nn.Module) -> nn.Module:
         if type(child) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
             tensors = [*child.parameters(), *child.buffers()]
             where = {"device": tensors[0].device} if tensors else {}
-            c = child
-            settings = (c.num_features, c.eps, c.momentum, c.affine, c.track_running_stats)
-            norm = CrossProcessBatchNorm(*settings, **where)
+            norm = CrossProcessBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats,
+                **where,
+            )  # fmt: skip
             norm.load_state_dict(child.state_dict())
             norm.train(child.training)
             if child.affine:

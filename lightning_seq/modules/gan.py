@@ -198,18 +198,17 @@ class GAN(GenerativeModule):
         labels = self.batch_labels(batch)
         d_opt, g_opt = self.named_optimizer("discriminator"), self.named_optimizer("generator")
         n, size = self.hparams.n_critic, real.shape[0]
-        fake = None
-        for k in range(n):
-            part = slice(size * k // n, size * (k + 1) // n)
-            sub = {key: value[part] for key, value in batch.items()}
-            if n == 1:  # the generator step below reuses these fakes
-                fake = self.net.generator(self._noise(batch, _GENERATOR_STREAM), labels)
-                fakes = fake.detach()
-            else:
+        if n == 1:  # one generator forward: the generator step reuses the discriminator step's fakes
+            fake = self.net.generator(self._noise(batch, _GENERATOR_STREAM), labels)
+            d_stats = self.discriminator_step(d_opt, real, fake.detach(), labels)
+        else:
+            for k in range(n):  # discriminator step k on part k of the batch, with its own noise
+                part = slice(size * k // n, size * (k + 1) // n)
+                sub = {key: value[part] for key, value in batch.items()}
+                sub_labels = self.batch_labels(sub)
                 with torch.no_grad():
-                    fakes = self.net.generator(self._noise(sub, k), self.batch_labels(sub))
-            d_stats = self.discriminator_step(d_opt, real[part], fakes, self.batch_labels(sub))
-        if fake is None:
+                    fakes = self.net.generator(self._noise(sub, k), sub_labels)
+                d_stats = self.discriminator_step(d_opt, real[part], fakes, sub_labels)
             fake = self.net.generator(self._noise(batch, _GENERATOR_STREAM), labels)
         loss_g = self.generator_step(g_opt, fake, labels)
         for name in ("discriminator", "generator"):
@@ -298,7 +297,7 @@ class GAN(GenerativeModule):
 
     def _sample(self, n: int, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
         images = self.generator(self.noise(n, self.latent_size, generator=generator), labels)  # (n, C, H, W)
-        return images if self.pixels == "symmetric" else (images + 1.0) * 0.5
+        return images if self.pixels == "symmetric" else px.from_unit((images + 1.0) * 0.5, self.pixels)
 
 
 def _check_settings(
