@@ -564,8 +564,20 @@ def main(args: list[str] | None = None) -> int:
     stopped on Slurm's requeue signal after saving its checkpoint)."""
     _quiet_third_party_notices()
     argv = sys.argv[1:] if args is None else args
-    if slurm_job() is not None:
+    in_slurm = slurm_job() is not None
+    if in_slurm:
         listen_for(signal.SIGUSR1)  # Slurm's warning may come before training starts
+    try:
+        return _run(argv, args)
+    finally:
+        if in_slurm:
+            # A warning that comes once the command has finished has nothing left to save. Python puts
+            # back the default action of its handled signals (death, for SIGUSR1) while it shuts down,
+            # and W&B and gloo can take seconds there; an ignored signal stays ignored.
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+
+def _run(argv: list[str], args: list[str] | None) -> int:
     try:
         if argv[:1] == ["submit"]:
             return submit(argv[1:])

@@ -1,6 +1,8 @@
 """The parts of fault tolerance one at a time: the NaN/Inf guard, atomic checkpoint files, loading
-that refuses code, and data loaders that resume mid-epoch."""
+that refuses code, data loaders that resume mid-epoch, and Slurm's warning once a command is done."""
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -185,3 +187,37 @@ def test_two_ranks_of_half_batches_see_the_batches_of_one_rank():
         for r in (0, 1)
     ]
     assert [set(a) | set(b) for a, b in zip(*ranks, strict=True)] == one
+
+
+def test_a_slurm_warning_during_interpreter_shutdown_does_not_kill_a_finished_command(tmp_path):
+    """Python resets handled signals to their default action before it tears its modules down (where
+    gloo and W&B can take seconds); Slurm's SIGUSR1 arriving then killed finished jobs (status 138)."""
+    script = tmp_path / "late_warning.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, time
+            from lightning_seq.cli import main
+
+            class SlowTeardown:  # a module global: torn down after Python has reset its signal handlers
+                def __del__(self, kill=os.kill, pid=os.getpid(), usr1=signal.SIGUSR1, sleep=time.sleep):
+                    kill(pid, usr1)  # the module's globals may be gone by now: hold what it needs
+                    sleep(0.2)
+
+            teardown = SlowTeardown()
+            try:
+                main(["submit", "--help"])
+            except SystemExit:
+                pass
+            print("command done")
+            """
+        )
+    )
+    env = {**os.environ, "SLURM_JOB_ID": "7", "SLURM_JOB_NAME": "train"}
+    result = subprocess.run(
+        [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert "command done" in result.stdout, result.stderr
+    assert result.returncode == 0, (
+        f"died of {signal.Signals(-result.returncode).name}" if result.returncode < 0 else result.stderr
+    )
