@@ -17,14 +17,15 @@ def plain_optimization(
     return setup["optimizer"], setup["lr_scheduler"]["scheduler"]
 
 
-def bench_trainer(steps: int, *callbacks: L.Callback) -> L.Trainer:
-    """A Trainer for timing: CPU, no logger, checkpoints, progress bar or validation; clipping at 1.0 and
-    the NaN/Inf guard (with its host sync), as `lightning fit` adds it.
+def bench_trainer(steps: int, *callbacks: L.Callback, clip_val: float | None = 1.0) -> L.Trainer:
+    """A Trainer for timing: CPU, no logger, checkpoints, progress bar or validation; clipping at
+    ``clip_val`` (None: none) and the NaN/Inf guard (with its host sync), as `lightning fit` adds it.
 
     Its run folder (where the DataModule copies the tokenizer) is a new temporary folder."""
+    clipping = [] if clip_val is None else [GradientClipping(clip_val=clip_val)]
     return L.Trainer(
         default_root_dir=tempfile.mkdtemp(prefix="lightning_seq_bench-"),
         max_steps=steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-        callbacks=[GradientClipping(clip_val=1.0), NonFiniteLoss(), *callbacks],
+        callbacks=[*clipping, NonFiniteLoss(), *callbacks],
     )  # fmt: skip

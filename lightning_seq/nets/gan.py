@@ -18,6 +18,11 @@ With ``num_classes`` set both nets take labels ``(B,)``. ``G`` concatenates a le
 * ``projection`` (Miyato & Koyama, 2018): the logit gains the inner product of a class embedding
   with the pooled features, ``D(x, y) = psi(phi(x)) + <V_y, sum_{h,w} phi(x)>``.
 
+``aux_classifier: true`` adds the auxiliary classifier of AC-GAN (Odena et al., 2017): ``D`` also
+predicts the class, ``c(x) = W mean_{h,w} phi(x)`` (``K`` logits; see
+:meth:`DCGANDiscriminator.scores_and_classes`), which the GAN module trains on real images and asks
+the generator to satisfy (``aux_weight``).
+
 ``spectral_norm: true`` (Miyato et al., 2018) divides every discriminator weight by its largest singular
 value, ``W / sigma(W)`` (estimated by one power iteration per training step), which makes ``D``
 1-Lipschitz per layer; the discriminator then has no batch norm.
@@ -133,6 +138,7 @@ class DCGANDiscriminator(nn.Module):
             (a class embedding ``V (K, F)`` projected on the pooled features).
         spectral_norm: divide every convolution's (and the projection embedding's) weight by its
             largest singular value, and leave out batch norm.
+        aux_classifier: add AC-GAN's class head ``c(x) = W mean_{h,w} phi(x)`` (needs ``num_classes``).
     """
 
     def __init__(
@@ -143,6 +149,7 @@ class DCGANDiscriminator(nn.Module):
         num_classes: int | None = None,
         conditioning: Conditioning = "projection",
         spectral_norm: bool = False,
+        aux_classifier: bool = False,
     ) -> None:
         super().__init__()
         _check(image_size=image_size, in_channels=in_channels, disc_width=width, num_classes=num_classes,
@@ -167,10 +174,17 @@ class DCGANDiscriminator(nn.Module):
         self.blocks = nn.Sequential(*layers)
         self.head = nn.Conv2d(channels, 1, kernel_size=4, stride=1, padding=0, bias=bias)  # psi
         self.embed = nn.Embedding(num_classes, channels) if self.project else None  # V (K, F)
+        if aux_classifier and num_classes is None:
+            raise InputError(
+                f"{_FIELD}.aux_classifier: the auxiliary classifier predicts the class, but the net has no "
+                "classes (unlabelled data link none into it). Fix: train on labelled data "
+                "(data.init_args.labels=class) with model.init_args.conditional=true, or set it to false."
+            )
+        self.classifier = nn.Linear(channels, num_classes) if aux_classifier else None  # W (K, F)
         self.apply(_dcgan_init)  # before the parametrisation, which then normalises these weights
         if spectral_norm:
             for module in self.modules():
-                if isinstance(module, nn.Conv2d | nn.Embedding):
+                if isinstance(module, nn.Conv2d | nn.Embedding | nn.Linear):
                     _spectral_norm(module)
 
     def features(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -184,12 +198,18 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """Logits ``(B,)`` of images ``(B, C, S, S)`` in ``[-1, 1]`` and, if conditional, labels ``(B,)``."""
+        return self.scores_and_classes(x, labels)[0]
+
+    def scores_and_classes(self, x: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """The real/fake logits ``(B,)`` and, with ``aux_classifier``, the class logits ``(B, K)`` (else
+        None), from one pass over the images."""
         _check_labels(self, self.num_classes, labels, x.shape[0])
         phi = self.features(x, labels)  # (B, F, 4, 4)
         logits = self.head(phi).view(x.shape[0])  # (B, 1, 1, 1) -> (B,)
         if self.embed is not None:
             logits = logits + (self.embed(labels) * phi.sum((2, 3))).sum(-1)  # <V_y, sum_hw phi>: (B,)
-        return logits
+        classes = self.classifier(phi.mean((2, 3))) if self.classifier is not None else None  # (B, K)
+        return logits, classes
 
 
 class DCGAN(Presets, nn.Module):
@@ -214,6 +234,7 @@ class DCGAN(Presets, nn.Module):
         embedding_size: the generator's class embedding size (default ``latent_size``).
         conditioning: how the discriminator sees the class, ``concat`` or ``projection``.
         spectral_norm: spectrally normalise the discriminator (and drop its batch norm).
+        aux_classifier: give the discriminator AC-GAN's class head (conditional nets only).
         preset: a named size from ``PRESETS`` (``nano`` is the tests' size); the arguments given win.
     """
 
@@ -234,6 +255,7 @@ class DCGAN(Presets, nn.Module):
         embedding_size: int | None = None,
         conditioning: Conditioning = "projection",
         spectral_norm: bool = False,
+        aux_classifier: bool = False,
         preset: str | None = None,
     ) -> None:
         super().__init__()
@@ -247,7 +269,7 @@ class DCGAN(Presets, nn.Module):
         )
         self.discriminator = DCGANDiscriminator(
             image_size, in_channels, width if disc_width is None else disc_width, num_classes,
-            conditioning, spectral_norm,
+            conditioning, spectral_norm, aux_classifier,
         )  # fmt: skip
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:

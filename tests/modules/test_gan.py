@@ -140,11 +140,40 @@ def test_the_noise_of_an_item_does_not_depend_on_its_batch():
         ({"r1_gamma": -1.0}, "model.init_args.r1_gamma"),
         ({"ema_decay": 1.0}, "model.init_args.ema_decay"),
         ({"pixels": "uint8"}, "model.init_args.pixels: a GAN's generator draws images in \\[-1, 1\\]"),
+        ({"aux_weight": -0.5}, "model.init_args.aux_weight: expected a weight >= 0"),
+        ({"aux_weight": 1.0}, "the discriminator has no class head"),
     ],
 )
 def test_bad_settings_are_one_clear_error(settings, message):
     with pytest.raises(InputError, match=message):
         _model(**settings)
+
+
+def test_the_auxiliary_class_losses_are_cross_entropies_of_the_class_head(tmp_path):
+    """AC-GAN: L_D gains w * CE(c(x), y) on real images, L_G gains w * CE(c(G(z, y)), y); the class head
+    is trained by the discriminator's optimizer only, and a head on an unconditional net is refused."""
+    torch.manual_seed(0)
+    net = DCGAN(image_size=8, in_channels=1, num_classes=3, preset="nano", aux_classifier=True)
+    model = GAN(net, conditional=True, num_classes=3, aux_weight=2.0, ema_decay=None)
+    images, labels = Blobs(n=8).images.clamp(-1, 1), Blobs(n=8).labels
+    scores, classes = net.discriminator.scores_and_classes(images, labels)
+    torch.testing.assert_close(scores, net.discriminator(images, labels))  # one pass, the same scores
+    assert classes.shape == (8, 3)
+    phi, head = net.discriminator.features(images, labels).mean((2, 3)), net.discriminator.classifier
+    torch.testing.assert_close(classes, phi @ head.weight.T + head.bias)  # of the pooled features
+
+    head_before = net.discriminator.classifier.weight.clone()
+    trainer = _trainer(tmp_path, max_steps=3, limit_val_batches=0, log_every_n_steps=1)
+    trainer.fit(model, DataLoader(Blobs(), batch_size=16))
+    assert not torch.equal(head_before, net.discriminator.classifier.weight)
+    assert math.isfinite(trainer.callback_metrics["train/loss_aux"].item())
+    g_params = {id(p) for p in model.optimizations()["generator"].params.parameters()}
+    assert id(net.discriminator.classifier.weight) not in g_params
+    with pytest.raises(
+        InputError,
+        match="aux_classifier: the auxiliary classifier predicts the class, but the net has no classes",
+    ):
+        DCGAN(image_size=8, in_channels=1, preset="nano", aux_classifier=True)
 
 
 def test_conditioning_must_agree_between_module_net_and_data(tmp_path):
