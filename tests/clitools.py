@@ -91,8 +91,8 @@ def checkpointing_fragment(
     return str(path)
 
 
-def logged_steps(run: Path) -> int:
-    """The highest step with a train/loss row in ``run/metrics.csv`` (-1 before the first)."""
+def logged_steps(run: Path, column: str = "train/loss") -> int:
+    """The highest step with a ``column`` value in ``run/metrics.csv`` (-1 before the first)."""
     path = run / "metrics.csv"
     if not path.is_file():
         return -1
@@ -100,14 +100,15 @@ def logged_steps(run: Path) -> int:
     if not lines:
         return -1
     header = lines[0].split(",")
-    step, loss = header.index("step"), header.index("train/loss") if "train/loss" in header else None
+    step, loss = header.index("step"), header.index(column) if column in header else None
     rows = [line.split(",") for line in lines[1:]]
     return max((int(r[step]) for r in rows if loss is not None and len(r) > loss and r[loss]), default=-1)
 
 
-def kill_after(args: list[str], cwd: Path, step: int, env: dict[str, str]) -> int:
+def kill_after(args: list[str], cwd: Path, step: int, env: dict[str, str], column: str = "train/loss") -> int:
     """Start ``lightning ARGS`` in ``cwd`` (its run folder ``runs/job/version_0``, as
-    :func:`checkpointing_fragment` names it), SIGKILL it once ``step`` is logged; the last step it logged."""
+    :func:`checkpointing_fragment` names it), SIGKILL it once ``step`` is logged (a ``column`` value
+    in its metrics.csv); the last step it logged."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **env}
     proc = subprocess.Popen(
         [sys.executable, "-m", "lightning_seq", *args], cwd=cwd, env=full_env,
@@ -116,11 +117,11 @@ def kill_after(args: list[str], cwd: Path, step: int, env: dict[str, str]) -> in
     run = cwd / "runs" / "job" / "version_0"
     deadline = time.monotonic() + 300
     try:
-        while logged_steps(run) < step:
+        while logged_steps(run, column) < step:
             assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before step {step}"
             assert time.monotonic() < deadline, "timed out"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
-    return logged_steps(run)
+    return logged_steps(run, column)

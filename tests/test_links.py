@@ -20,6 +20,7 @@ EXPECTED = {
     "classify": LABELLED_TEXT, "tag": LABELLED_TEXT,
     "swin": IMAGES, "vit": IMAGES, "deit": IMAGES, "resnet_se": IMAGES,
     "vae": GENERATIVE, "vae_conv": GENERATIVE, "pixelcnn": GENERATIVE,
+    "dcgan": GENERATIVE, "cgan": GENERATIVE | {"net.num_classes", "num_classes"},
 }  # fmt: skip
 SMALL_IMAGES = [
     "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
