@@ -14,6 +14,11 @@ RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 FRAGMENTS = REPO / "recipes" / "fragments"
 SMOKE, CSV_ONLY = str(FRAGMENTS / "smoke.yaml"), str(FRAGMENTS / "csv_only.yaml")
 DDP = ["--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp"]  # 2 processes, gloo
+# a few hundred embedded scenes instead of 16,000, so that an image recipe's command takes seconds
+SMALL_IMAGES = [
+    "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
+    "--data.init_args.batch_size=32",
+]  # fmt: skip
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -100,9 +105,9 @@ def logged_steps(run: Path, column: str = "train/loss") -> int:
     if not lines:
         return -1
     header = lines[0].split(",")
-    step, loss = header.index("step"), header.index(column) if column in header else None
+    step, value = header.index("step"), header.index(column) if column in header else None
     rows = [line.split(",") for line in lines[1:]]
-    return max((int(r[step]) for r in rows if loss is not None and len(r) > loss and r[loss]), default=-1)
+    return max((int(r[step]) for r in rows if value is not None and len(r) > value and r[value]), default=-1)
 
 
 def kill_after(args: list[str], cwd: Path, step: int, env: dict[str, str], column: str = "train/loss") -> int:

@@ -13,6 +13,7 @@ import torch
 import yaml
 from clitools import (
     REPO,
+    SMALL_IMAGES,
     SMOKE,
     assert_one_error,
     checkpointing_fragment,
@@ -25,10 +26,6 @@ from clitools import (
 
 RECIPE = {name: str(REPO / "recipes" / f"{name}.yaml") for name in ("dcgan", "cgan")}
 NANO = "--model.init_args.net.init_args.preset=nano"
-SMALL = [
-    "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
-    "--data.init_args.batch_size=32",
-]  # fmt: skip
 # SampleQuality at a smoke run's size: 64 samples against the 64 validation images, with a feature net
 # trained in seconds (the recipe's default one takes 80 s; its quality is not what these tests check)
 FEW_SAMPLES = [
@@ -59,7 +56,7 @@ def samples_in_a_fresh_process(ckpt, cwd, labels: list[int] | None) -> list:
 @pytest.mark.parametrize("name", RECIPE)
 def test_both_gan_recipes_train_validate_and_sample_through_the_cli(name, cli, tmp_path):
     recipe = RECIPE[name]
-    ok(cli("fit", "--config", recipe, "--config", SMOKE, *SMALL, NANO, *FEW_SAMPLES, cwd=tmp_path))
+    ok(cli("fit", "--config", recipe, "--config", SMOKE, *SMALL_IMAGES, NANO, *FEW_SAMPLES, cwd=tmp_path))
     run = run_dir(tmp_path, name)
     columns = metric_columns(run)
     expected = {"train/loss_d", "train/loss_g", "train/d_real", "train/d_fake", "val/loss_d", "val/loss_g"}
@@ -93,7 +90,9 @@ def test_both_gan_recipes_train_validate_and_sample_through_the_cli(name, cli, t
     ids=["conditional-on-unlabelled", "latent-size-0", "side-28", "unconditional-on-labelled"],
 )
 def test_bad_gan_settings_are_one_clear_line(name, setting, message, cli, tmp_path):
-    result = cli("fit", "--config", RECIPE[name], "--config", SMOKE, *SMALL, NANO, setting, cwd=tmp_path)
+    result = cli(
+        "fit", "--config", RECIPE[name], "--config", SMOKE, *SMALL_IMAGES, NANO, setting, cwd=tmp_path
+    )
     assert_one_error(result, message, setting)
     assert not (tmp_path / "runs").exists(), "nothing is written before the settings are checked"
 
@@ -116,7 +115,7 @@ class KilledBetweenUpdates(GAN):
 @pytest.mark.slow
 def test_a_gan_killed_with_sigkill_resumes_to_the_weights_of_an_uninterrupted_run(cli, tmp_path):
     """Per-item noise is a function of the step and the item, and the checkpoint holds both nets, both
-    optimizers, the moving average and the RNG (flips), so a run killed at a random logged step, or
+    optimizers, the moving average and the RNG (flips), so a run killed at a logged step, or
     between the two updates of a step, then resumed with ``--ckpt_path last``, ends bitwise where an
     uninterrupted one does (crossing epoch boundaries: 8 steps an epoch; two discriminator updates a step)."""
     (tmp_path / "killer.py").write_text(textwrap.dedent(KILLER))

@@ -10,6 +10,7 @@ import torch
 import yaml
 from clitools import (
     REPO,
+    SMALL_IMAGES,
     SMOKE,
     assert_one_error,
     checkpointing_fragment,
@@ -23,10 +24,6 @@ from clitools import (
 RECIPE = {name: str(REPO / "recipes" / f"{name}.yaml") for name in ("vae", "vae_conv", "pixelcnn")}
 MODULE = {"vae": "VariationalAutoencoder", "vae_conv": "VariationalAutoencoder", "pixelcnn": "PixelCNNModel"}
 NANO = "--model.init_args.net.init_args.preset=nano"
-SMALL = [
-    "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
-    "--data.init_args.batch_size=32",
-]  # fmt: skip
 FEW_IWAE = {"vae": ["--model.init_args.iwae_samples=20"], "vae_conv": ["--model.init_args.iwae_samples=20"]}
 
 
@@ -57,13 +54,13 @@ def sample_in_a_fresh_process(name: str, ckpt, cwd) -> list:
 @pytest.mark.parametrize("name", RECIPE)
 def test_every_generative_recipe_trains_tests_and_samples_through_the_cli(name, cli, tmp_path):
     recipe = RECIPE[name]
-    ok(cli("fit", "--config", recipe, "--config", SMOKE, *SMALL, NANO, cwd=tmp_path))
+    ok(cli("fit", "--config", recipe, "--config", SMOKE, *SMALL_IMAGES, NANO, cwd=tmp_path))
     run = run_dir(tmp_path, name)
     assert {"train/loss", "train/nll", "train/bpd", "val/loss", "val/nll", "val/bpd"} <= metric_columns(run)
     if name != "pixelcnn":
         assert {"val/elbo", "val/recon", "val/kl", "val/kl_dim/0", "val/active_units"} <= metric_columns(run)
     best = run / "checkpoints" / "best.ckpt"
-    ok(cli("test", "--config", recipe, *SMALL, NANO, *FEW_IWAE.get(name, []), "--ckpt_path", str(best),
+    ok(cli("test", "--config", recipe, *SMALL_IMAGES, NANO, *FEW_IWAE.get(name, []), "--ckpt_path", str(best),
            "--trainer.logger=false", cwd=tmp_path))  # fmt: skip
 
     # the checkpoint alone rebuilds the model: two fresh processes draw the same images
@@ -76,9 +73,9 @@ def test_every_generative_recipe_trains_tests_and_samples_through_the_cli(name, 
 
 def test_validate_measures_sample_quality_with_the_recipes_feature_net(cli, tmp_path):
     """``lightning validate`` always measures FID/KID (the default feature net: trained once, cached)."""
-    ok(cli("fit", "--config", RECIPE["vae"], "--config", SMOKE, *SMALL, NANO, cwd=tmp_path))
+    ok(cli("fit", "--config", RECIPE["vae"], "--config", SMOKE, *SMALL_IMAGES, NANO, cwd=tmp_path))
     last = run_dir(tmp_path, "vae") / "checkpoints" / "last.ckpt"
-    out = ok(cli("validate", "--config", RECIPE["vae"], *SMALL, NANO, "--ckpt_path", str(last),
+    out = ok(cli("validate", "--config", RECIPE["vae"], *SMALL_IMAGES, NANO, "--ckpt_path", str(last),
                  "--trainer.limit_val_batches=2", cwd=tmp_path))  # fmt: skip
     assert "val/fid" in out.stdout and "val/kid" in out.stdout, out.stdout[-2000:]
 
@@ -94,7 +91,7 @@ def test_validate_measures_sample_quality_with_the_recipes_feature_net(cli, tmp_
     ids=["conditional-on-unlabelled", "uint8-with-bernoulli", "latent-size-0", "unconditional-on-labelled"],
 )
 def test_bad_generative_settings_are_one_clear_line(name, setting, message, cli, tmp_path):
-    result = cli("fit", "--config", RECIPE[name], "--config", SMOKE, *SMALL, setting, cwd=tmp_path)
+    result = cli("fit", "--config", RECIPE[name], "--config", SMOKE, *SMALL_IMAGES, setting, cwd=tmp_path)
     assert_one_error(result, message, setting)
     assert not (tmp_path / "runs").exists(), "nothing is written before the settings are checked"
 

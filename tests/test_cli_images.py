@@ -11,6 +11,7 @@ from clitools import (
     DDP,
     RECIPES,
     REPO,
+    SMALL_IMAGES,
     SMOKE,
     assert_one_error,
     metric_columns,
@@ -24,11 +25,6 @@ from PIL import Image
 
 IMAGE_RECIPES = [p for p in RECIPES if "lightning_seq.modules.ImageClassifier" in p.read_text()]
 RESNET_SE = str(REPO / "recipes" / "resnet_se.yaml")
-# a few hundred scenes instead of 16,000, so that each command takes seconds
-SMALL = [
-    "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
-    "--data.init_args.batch_size=32",
-]  # fmt: skip
 
 
 def needs_teacher(recipe: Path) -> bool:
@@ -39,7 +35,7 @@ def needs_teacher(recipe: Path) -> bool:
 def teacher(cli, tmp_path_factory) -> tuple[Path, Path]:
     """A smoke run of recipes/resnet_se.yaml (CSV logging only): (working folder, best checkpoint)."""
     cwd = tmp_path_factory.mktemp("teacher")
-    ok(cli("fit", "--config", RESNET_SE, "--config", CSV_ONLY, "--config", SMOKE, *SMALL, cwd=cwd))
+    ok(cli("fit", "--config", RESNET_SE, "--config", CSV_ONLY, "--config", SMOKE, *SMALL_IMAGES, cwd=cwd))
     return cwd, run_dir(cwd, "lightning_logs") / "checkpoints" / "best.ckpt"  # csv_only: default name
 
 
@@ -51,7 +47,7 @@ def test_there_are_four_image_classifier_recipes():
 @pytest.mark.parametrize("recipe", IMAGE_RECIPES, ids=lambda p: p.stem)
 def test_every_image_recipe_trains_through_the_cli(recipe, teacher, cli, tmp_path):
     extra = [f"--model.init_args.teacher={teacher[1]}"] if needs_teacher(recipe) else []
-    ok(cli("fit", "--config", str(recipe), "--config", SMOKE, *SMALL, *extra, cwd=tmp_path))
+    ok(cli("fit", "--config", str(recipe), "--config", SMOKE, *SMALL_IMAGES, *extra, cwd=tmp_path))
     run = run_dir(tmp_path, recipe.stem)
     for name in ("config.yaml", "metrics.csv", "checkpoints/last.ckpt", "checkpoints/best.ckpt"):
         assert (run / name).is_file(), name
@@ -86,7 +82,19 @@ def accuracy_in_a_fresh_process(ckpt: Path, cwd: Path) -> float:
 @pytest.mark.slow
 def test_a_checkpoint_tests_and_predicts_alone_with_the_averaged_weights(teacher, cli):
     cwd, ckpt = teacher
-    ok(cli("test", "--config", RESNET_SE, "--config", CSV_ONLY, *SMALL, "--ckpt_path", str(ckpt), cwd=cwd))
+    ok(
+        cli(
+            "test",
+            "--config",
+            RESNET_SE,
+            "--config",
+            CSV_ONLY,
+            *SMALL_IMAGES,
+            "--ckpt_path",
+            str(ckpt),
+            cwd=cwd,
+        )
+    )
     rows = list(csv.DictReader((run_dir(cwd, "lightning_logs") / "metrics.csv").open()))
     from_cli = float(next(r["test/acc"] for r in rows if r.get("test/acc")))
     assert accuracy_in_a_fresh_process(ckpt, cwd) == pytest.approx(from_cli, abs=1e-6)
@@ -95,7 +103,19 @@ def test_a_checkpoint_tests_and_predicts_alone_with_the_averaged_weights(teacher
     ema, current = saved["state_dict"], saved["current_model_state"]  # EMAWeightAveraging's layout
     assert any(not torch.equal(ema[k], current[k]) for k in ema if ema[k].is_floating_point())
 
-    ok(cli("predict", "--config", RESNET_SE, "--config", CSV_ONLY, *SMALL, "--ckpt_path", str(ckpt), cwd=cwd))
+    ok(
+        cli(
+            "predict",
+            "--config",
+            RESNET_SE,
+            "--config",
+            CSV_ONLY,
+            *SMALL_IMAGES,
+            "--ckpt_path",
+            str(ckpt),
+            cwd=cwd,
+        )
+    )
     written = run_dir(cwd, "lightning_logs") / "predictions.jsonl"
     predictions = [json.loads(line) for line in written.read_text().splitlines()]
     shapes = {"circle", "square", "triangle", "star", "cross", "ring"}
@@ -135,7 +155,7 @@ def test_one_override_switches_a_recipe_to_other_data(cli, tmp_path):
 
 @pytest.mark.slow
 def test_two_process_ddp_trains_an_image_recipe_and_draws_on_rank_zero(cli, tmp_path):
-    args = ["--config", RESNET_SE, "--config", CSV_ONLY, "--config", SMOKE, *SMALL, *DDP]
+    args = ["--config", RESNET_SE, "--config", CSV_ONLY, "--config", SMOKE, *SMALL_IMAGES, *DDP]
     ok(cli("fit", *args, cwd=tmp_path, timeout=300))
     run = run_dir(tmp_path, "lightning_logs")
     assert {"val/acc", "val/acc_top5"} <= metric_columns(run)

@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 import torch
-from clitools import CSV_ONLY, RECIPES, REPO, SMOKE, ok, run_dir
+from clitools import CSV_ONLY, RECIPES, REPO, SMALL_IMAGES, SMOKE, ok, run_dir
 
 from lightning_seq.cli import LightningSeqCLI, check_linked_settings, user_settings
 from lightning_seq.errors import InputError
@@ -22,10 +22,6 @@ EXPECTED = {
     "vae": GENERATIVE, "vae_conv": GENERATIVE, "pixelcnn": GENERATIVE,
     "dcgan": GENERATIVE, "cgan": GENERATIVE | {"net.num_classes", "num_classes"},
 }  # fmt: skip
-SMALL_IMAGES = [
-    "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
-    "--data.init_args.batch_size=32",
-]  # fmt: skip
 
 
 def applied(cli: LightningSeqCLI) -> dict[str, object]:
