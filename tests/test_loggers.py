@@ -193,8 +193,8 @@ def tiny_lm(corpus_file: Path) -> tuple[LanguageModel, TextDataModule]:
 def fit(
     logger: WandbLogger, corpus_file: Path, max_steps: int, ckpt_path: str | None = None, **trainer_args
 ) -> L.Trainer:
-    """Train ``tiny_lm`` on the CPU, logging every step; the W&B run is finished afterwards (its run file
-    is complete only then)."""
+    """Train ``tiny_lm`` on the CPU, logging every step; the W&B run is finished and W&B torn down
+    afterwards (see ``_finish``)."""
     model, dm = tiny_lm(corpus_file)
     trainer = L.Trainer(
         max_steps=max_steps, accelerator="cpu", devices=1, logger=logger, log_every_n_steps=1,
@@ -203,8 +203,15 @@ def fit(
     try:
         trainer.fit(model, dm, ckpt_path=ckpt_path)
     finally:
-        logger.experiment.finish()
+        _finish(logger)
     return trainer
+
+
+def _finish(logger: WandbLogger) -> None:
+    """Finish the run and wait for W&B's service process to exit: ``finish()`` returns before the service
+    has written the run file out (on a loaded machine the file still lacked its records), teardown waits."""
+    logger.experiment.finish()
+    wandb.teardown()
 
 
 def test_offline_run_holds_the_losses_samples_and_hyperparameters(
@@ -264,7 +271,6 @@ def test_two_fits_resume_one_run_id_offline(no_credentials, fresh_wandb, tmp_pat
     _next_second()
     logger = WandbLogger(save_dir=save_dir, id="resume01", resume="allow")  # as a restarted job makes it
     fit(logger, corpus_file, 5, ckpt_path=str(ckpt), enable_checkpointing=False)
-    logger.experiment.finish()  # flush the run file before reading it (the first ended at the second's init)
 
     folders = sorted((tmp_path / "runs" / "wandb").glob("offline-run-*"))
     assert [f.name.rsplit("-", 1)[1] for f in folders] == ["resume01", "resume01"]
@@ -281,7 +287,7 @@ def test_log_config_sets_the_nested_config_and_keeps_other_hyperparameters(
     config_yaml = "model:\n  init_args:\n    lr: 0.1\n    warmup_steps: 3\n"
     logger.log_config(config_yaml, covered={"lr", "warmup_steps"})
     logger.log_hyperparams({"lr": 0.1, "warmup_steps": 3, "num_params": 1234})  # as the Trainer, plus one
-    logger.experiment.finish()
+    _finish(logger)
     (folder,) = (tmp_path / "wandb").glob("offline-run-*")
     run = read_wandb_run(folder)
     assert {k: v for k, v in run["config"].items() if k != "_wandb"} == {
