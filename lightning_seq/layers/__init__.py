@@ -8,7 +8,7 @@ from lightning_seq.layers.attention import (
     attention_reference,
     causal_mask,
 )
-from lightning_seq.layers.batch_norm import CrossProcessBatchNorm, sync_batch_norm
+from lightning_seq.layers.batch_norm import ClassConditionalBatchNorm, CrossProcessBatchNorm, sync_batch_norm
 from lightning_seq.layers.channel_attention import SqueezeExcitation
 from lightning_seq.layers.gaussian import (
     diagonal_normal_log_prob,
@@ -60,6 +60,7 @@ from lightning_seq.layers.windows import (
 __all__ = [
     "KV",
     "AdditiveAttention",
+    "ClassConditionalBatchNorm",
     "CrossProcessBatchNorm",
     "DropPath",
     "FeedForward",

@@ -13,13 +13,17 @@ statistics as they do through one process's. The running statistics get the unbi
 ``N / (N - 1) sigma^2``. It is torch's ``SyncBatchNorm`` for the devices that one refuses (torch's runs
 on CUDA only), in two passes (mean, then centred squares) so that it matches one process closely.
 Outside a process group, in eval mode, or with one process, it is plain batch norm.
+
+:class:`ClassConditionalBatchNorm` is batch norm whose scale and shift are chosen by the class (de Vries
+et al., 2017; Miyato & Koyama, 2018): the class reaches every layer it is used in, not only the input.
+Its normalisation is a plain ``nn.BatchNorm2d`` child, so :func:`sync_batch_norm` makes it cross-process.
 """
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["CrossProcessBatchNorm", "all_reduce_sum", "sync_batch_norm"]
+__all__ = ["ClassConditionalBatchNorm", "CrossProcessBatchNorm", "all_reduce_sum", "sync_batch_norm"]
 
 
 class _AllReduceSum(torch.autograd.Function):
@@ -81,6 +85,37 @@ class CrossProcessBatchNorm(nn.modules.batchnorm._BatchNorm):
         unbiased = var * count / (count - 1).clamp(min=1)
         self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
         self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+
+
+class ClassConditionalBatchNorm(nn.Module):
+    """Batch norm with a scale and a shift per class::
+
+        y = gamma_c * (x - mu) / sqrt(sigma^2 + eps) + beta_c
+
+    ``mu`` and ``sigma^2`` are the batch's statistics per channel (the running ones in eval mode), as in
+    ``nn.BatchNorm2d(affine=False)``; ``gamma_c, beta_c (C,)`` are rows ``c`` of two embeddings, one
+    row per class, starting at ``gamma = 1`` and ``beta = 0`` (plain batch norm).
+
+    Args:
+        num_features: channels ``C``.
+        num_classes: classes ``K``.
+        eps: added to the variance.
+        momentum: of the running statistics.
+    """
+
+    def __init__(self, num_features: int, num_classes: int, eps: float = 1e-5, momentum: float = 0.1):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_features, eps, momentum, affine=False)
+        self.gain = nn.Embedding(num_classes, num_features)  # gamma (K, C)
+        self.shift = nn.Embedding(num_classes, num_features)  # beta (K, C)
+        nn.init.ones_(self.gain.weight)
+        nn.init.zeros_(self.shift.weight)
+
+    def forward(self, x: Tensor, labels: Tensor) -> Tensor:
+        """``x (B, C, H, W)`` normalised, then scaled and shifted by the rows of ``labels (B,)``."""
+        gamma = self.gain(labels)[:, :, None, None]  # (B, C, 1, 1)
+        beta = self.shift(labels)[:, :, None, None]  # (B, C, 1, 1)
+        return self.norm(x) * gamma.to(x.dtype) + beta.to(x.dtype)
 
 
 def sync_batch_norm(module: nn.Module) -> nn.Module:

@@ -11,8 +11,15 @@ output layer, which ends in tanh), strided 4x4 convolutions with batch norm and 
 (none on its input layer), no pooling and no fully connected hidden layers; every weight starts from
 ``N(0, 0.02)`` and every batch-norm scale from ``N(1, 0.02)``.
 
-With ``num_classes`` set both nets take labels ``(B,)``. ``G`` concatenates a learned class embedding to
-``z``. ``D`` sees the class in one of two ways (``conditioning``):
+With ``num_classes`` set both nets take labels ``(B,)``. ``G`` sees the class in one of two ways
+(``generator_conditioning``):
+
+* ``concat``: a learned class embedding concatenated to ``z``, so the class enters at the input only;
+* ``batch_norm``: class-conditional batch norm (de Vries et al., 2017; the generator of Miyato & Koyama,
+  2018): every batch norm of ``G`` scales and shifts by the class, ``gamma_y * BN(h) + beta_y``, so the
+  class reaches every resolution.
+
+``D`` sees the class in one of two ways (``conditioning``):
 
 * ``concat``: the label as ``K`` one-hot maps concatenated to the image's channels;
 * ``projection`` (Miyato & Koyama, 2018): the logit gains the inner product of a class embedding
@@ -42,13 +49,16 @@ from torch.nn.functional import one_hot
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
 from lightning_seq.errors import InputError
+from lightning_seq.layers.batch_norm import ClassConditionalBatchNorm
 from lightning_seq.nets._presets import Presets
 
 __all__ = ["DCGAN", "DCGANDiscriminator", "DCGANGenerator"]
 
 Conditioning = Literal["concat", "projection"]
+GeneratorConditioning = Literal["concat", "batch_norm"]
 _FIELD = "model.init_args.net.init_args"
 _CONDITIONINGS = ("concat", "projection")
+_GENERATOR_CONDITIONINGS = ("concat", "batch_norm")
 
 
 class DCGANGenerator(nn.Module):
@@ -61,6 +71,8 @@ class DCGANGenerator(nn.Module):
         x = \\tanh(\\mathrm{ConvT}^{\\uparrow 2}(h_{k-1}))
 
     Each doubling halves the channels, from ``width * 2**(k-1)`` at 4 x 4 to ``width`` at ``S / 2``.
+    With ``conditioning: batch_norm`` the input is ``z`` alone and every ``BN`` is
+    ``gamma_y * BN(h) + beta_y`` (:class:`~lightning_seq.layers.ClassConditionalBatchNorm`).
 
     Args:
         image_size: side ``S = 4 * 2**k`` of the square images, ``k >= 1``.
@@ -68,7 +80,9 @@ class DCGANGenerator(nn.Module):
         latent_size: dimensions ``Z`` of the noise.
         width: channels ``W`` of the last hidden map (the widest has ``W * 2**(k-1)``).
         num_classes: classes ``K`` to condition on; ``None`` for an unconditional generator.
-        embedding_size: dimensions ``E`` of the class embedding concatenated to ``z`` (default ``Z``).
+        embedding_size: dimensions ``E`` of the class embedding concatenated to ``z`` (default ``Z``;
+            ``concat`` only).
+        conditioning: how the class enters, ``concat`` (to ``z``) or ``batch_norm`` (every batch norm).
     """
 
     def __init__(
@@ -79,25 +93,34 @@ class DCGANGenerator(nn.Module):
         width: int = 64,
         num_classes: int | None = None,
         embedding_size: int | None = None,
+        conditioning: GeneratorConditioning = "concat",
     ) -> None:
         super().__init__()
         _check(image_size=image_size, in_channels=in_channels, latent_size=latent_size, width=width,
-               num_classes=num_classes, embedding_size=embedding_size)  # fmt: skip
+               num_classes=num_classes, embedding_size=embedding_size,
+               generator_conditioning=conditioning)  # fmt: skip
         self.latent_size, self.num_classes = latent_size, num_classes
         doublings = _doublings(image_size)  # k: 4 -> S
+        concat = num_classes is not None and conditioning == "concat"
         embedding = latent_size if embedding_size is None else embedding_size
-        self.embed = nn.Embedding(num_classes, embedding) if num_classes is not None else None
+        self.embed = nn.Embedding(num_classes, embedding) if concat else None
+        in_size = latent_size + (embedding if concat else 0)
+
+        def norm(features: int) -> nn.Module:
+            if num_classes is None or concat:
+                return nn.BatchNorm2d(features)
+            return ClassConditionalBatchNorm(features, num_classes)
+
         channels = width * 2 ** (doublings - 1)
-        in_size = latent_size + (embedding if num_classes is not None else 0)
-        layers: list[nn.Module] = [  # (B, Z + E, 1, 1) -> (B, W * 2**(k-1), 4, 4)
+        layers: list[nn.Module] = [  # (B, Z [+ E], 1, 1) -> (B, W * 2**(k-1), 4, 4)
             nn.ConvTranspose2d(in_size, channels, kernel_size=4, stride=1, padding=0, bias=False),
-            nn.BatchNorm2d(channels),
+            norm(channels),
             nn.ReLU(inplace=True),
         ]
         for _ in range(doublings - 1):  # each doubles the side and halves the channels
             layers += [
                 nn.ConvTranspose2d(channels, channels // 2, kernel_size=4, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(channels // 2),
+                norm(channels // 2),
                 nn.ReLU(inplace=True),
             ]
             channels //= 2
@@ -114,7 +137,10 @@ class DCGANGenerator(nn.Module):
         _check_labels(self, self.num_classes, labels, z.shape[0])
         if self.embed is not None:
             z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)  # (B, Z + E)
-        return self.net(z[:, :, None, None])  # (B, Z + E, 1, 1) -> (B, C, S, S)
+        h = z[:, :, None, None]  # (B, Z [+ E], 1, 1) -> ... -> (B, C, S, S)
+        for layer in self.net:
+            h = layer(h, labels) if isinstance(layer, ClassConditionalBatchNorm) else layer(h)
+        return h
 
 
 class DCGANDiscriminator(nn.Module):
@@ -231,7 +257,9 @@ class DCGAN(Presets, nn.Module):
         num_classes: classes to condition both nets on (linked from the data); ``None`` is unconditional.
         width: the generator's last hidden width (the paper's ``ngf``).
         disc_width: the discriminator's first width (the paper's ``ndf``; default ``width``).
-        embedding_size: the generator's class embedding size (default ``latent_size``).
+        embedding_size: the generator's class embedding size (default ``latent_size``; ``concat`` only).
+        generator_conditioning: how the generator sees the class, ``concat`` (an embedding joins ``z``)
+            or ``batch_norm`` (class-conditional batch norm in every layer).
         conditioning: how the discriminator sees the class, ``concat`` or ``projection``.
         spectral_norm: spectrally normalise the discriminator (and drop its batch norm).
         aux_classifier: give the discriminator AC-GAN's class head (conditional nets only).
@@ -253,6 +281,7 @@ class DCGAN(Presets, nn.Module):
         width: int = 64,
         disc_width: int | None = None,
         embedding_size: int | None = None,
+        generator_conditioning: GeneratorConditioning = "concat",
         conditioning: Conditioning = "projection",
         spectral_norm: bool = False,
         aux_classifier: bool = False,
@@ -260,12 +289,12 @@ class DCGAN(Presets, nn.Module):
     ) -> None:
         super().__init__()
         _check(image_size=image_size, in_channels=in_channels, latent_size=latent_size,
-               num_classes=num_classes, width=width, disc_width=disc_width,
-               embedding_size=embedding_size, conditioning=conditioning)  # fmt: skip
+               num_classes=num_classes, width=width, disc_width=disc_width, embedding_size=embedding_size,
+               generator_conditioning=generator_conditioning, conditioning=conditioning)  # fmt: skip
         self.image_size, self.in_channels = image_size, in_channels
         self.latent_size, self.num_classes = latent_size, num_classes
         self.generator = DCGANGenerator(
-            image_size, in_channels, latent_size, width, num_classes, embedding_size
+            image_size, in_channels, latent_size, width, num_classes, embedding_size, generator_conditioning
         )
         self.discriminator = DCGANDiscriminator(
             image_size, in_channels, width if disc_width is None else disc_width, num_classes,
@@ -285,9 +314,12 @@ def _dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, nn.BatchNorm2d) and module.affine:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+    elif isinstance(module, ClassConditionalBatchNorm):  # after its embeddings (apply visits them first)
+        nn.init.normal_(module.gain.weight, 1.0, 0.02)
+        nn.init.zeros_(module.shift.weight)
 
 
 def _doublings(image_size: int) -> int:
@@ -349,6 +381,12 @@ def _check(**sizes: Any) -> None:
         raise InputError(
             f"{_FIELD}.embedding_size: expected a positive class embedding size, "
             f"got {sizes['embedding_size']!r}. Fix: leave it unset (it is then latent_size)."
+        )
+    if "generator_conditioning" in sizes and sizes["generator_conditioning"] not in _GENERATOR_CONDITIONINGS:
+        raise InputError(
+            f"{_FIELD}.generator_conditioning: expected concat or batch_norm, "
+            f"got {sizes['generator_conditioning']!r}. Fix: set it to batch_norm (class-conditional batch "
+            "norm in every generator layer) or concat (a class embedding joins z)."
         )
     if "conditioning" in sizes and sizes["conditioning"] not in _CONDITIONINGS:
         raise InputError(

@@ -1,5 +1,6 @@
 """CrossProcessBatchNorm in two real gloo processes equals plain batch norm over the whole batch:
-outputs, input and parameter gradients, running statistics."""
+outputs, input and parameter gradients, running statistics. ClassConditionalBatchNorm is batch norm with
+each class's own scale and shift."""
 
 import subprocess
 import sys
@@ -7,7 +8,7 @@ import sys
 import torch
 from torch import nn
 
-from lightning_seq.layers import sync_batch_norm
+from lightning_seq.layers import ClassConditionalBatchNorm, CrossProcessBatchNorm, sync_batch_norm
 
 # Two ranks, each with half of one batch, in a script of their own (spawned processes must import the
 # function they run, which pytest's importlib mode does not allow for a test module).
@@ -88,3 +89,19 @@ def test_outside_a_process_group_it_is_plain_batch_norm():
     x = torch.randn(4, 3, 2, 2)
     torch.testing.assert_close(ours(x), plain(x))
     torch.testing.assert_close(ours.running_var, plain.running_var)
+
+
+def test_class_conditional_batch_norm_is_batch_norm_with_each_class_s_scale_and_shift():
+    torch.manual_seed(0)
+    norm = ClassConditionalBatchNorm(3, num_classes=4)
+    x, labels = torch.randn(6, 3, 2, 2) * 3 + 1, torch.tensor([0, 1, 2, 3, 1, 0])
+    assert torch.equal(norm(x, labels), nn.BatchNorm2d(3, affine=False)(x))  # starts as plain batch norm
+    nn.init.normal_(norm.gain.weight)
+    nn.init.normal_(norm.shift.weight)
+    plain = nn.functional.batch_norm(x, None, None, training=True)  # (6, 3, 2, 2)
+    for i, c in enumerate(labels):
+        expected = plain[i] * norm.gain.weight[c][:, None, None] + norm.shift.weight[c][:, None, None]
+        torch.testing.assert_close(norm(x, labels)[i], expected)
+    grads = torch.autograd.grad(norm(x, labels)[labels == 1].sum(), [norm.gain.weight, norm.shift.weight])
+    assert all(g[[0, 2, 3]].abs().sum() == 0 and g[1].abs().sum() > 0 for g in grads)  # only class 1's rows
+    assert isinstance(sync_batch_norm(norm).norm, CrossProcessBatchNorm)  # its statistics cross processes

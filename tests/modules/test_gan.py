@@ -196,12 +196,12 @@ from lightning_seq.data import ImageDataModule
 from lightning_seq.modules import GAN
 from lightning_seq.nets import DCGAN
 
-world, n_critic, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+world, n_critic, conditioning, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 L.seed_everything(3)
 data = ImageDataModule(image_size=16, pixels="symmetric", labels="class", num_train=256, num_val=32,
                        num_test=32, batch_size=16 // world, num_workers=0,
                        augment={"crop_scale": None, "hflip": False})
-net = DCGAN(image_size=16, in_channels=3, num_classes=6, preset="nano")
+net = DCGAN(image_size=16, in_channels=3, num_classes=6, preset="nano", generator_conditioning=conditioning)
 model = GAN(net, conditional=True, num_classes=6, n_critic=n_critic)
 trainer = L.Trainer(max_steps=8, accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto",
                     logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
@@ -213,17 +213,20 @@ if trainer.is_global_zero:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("n_critic", [1, 2])
-def test_two_ddp_processes_with_half_batches_end_with_the_weights_of_one_process(tmp_path, n_critic):
-    """Plain ``strategy=ddp`` (no "unused parameters" error); batch norm over the global batch and
-    per-item noise make the two processes' discriminator and generator steps those of one process."""
+@pytest.mark.parametrize(("n_critic", "conditioning"), [(1, "concat"), (2, "batch_norm")])
+def test_two_ddp_processes_with_half_batches_end_with_the_weights_of_one_process(
+    tmp_path, n_critic, conditioning
+):
+    """Plain ``strategy=ddp`` (no "unused parameters" error); batch norm over the global batch (the
+    class-conditional one's too) and per-item noise make the two processes' discriminator and generator
+    steps those of one process."""
     script = tmp_path / "ddp_gan.py"
     script.write_text(DDP_SCRIPT, encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     for world in (1, 2):
         out = tmp_path / f"world{world}.pt"
         done = subprocess.run(
-            [sys.executable, str(script), str(world), str(n_critic), str(out)],
+            [sys.executable, str(script), str(world), str(n_critic), conditioning, str(out)],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]

@@ -8,6 +8,7 @@ from jsonargparse import ArgumentParser
 from torch import nn
 
 from lightning_seq.errors import InputError
+from lightning_seq.layers import ClassConditionalBatchNorm
 from lightning_seq.nets import DCGAN
 from lightning_seq.nets.gan import DCGANDiscriminator, DCGANGenerator
 
@@ -86,6 +87,13 @@ def test_the_initialisation_is_the_papers():
     shifts = [m.bias for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert all(torch.equal(b, torch.zeros_like(b)) for b in shifts)
     assert all(m.bias is None for m in net.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d))
+    conditional = DCGAN.from_preset(
+        "dcgan64", image_size=64, num_classes=10, generator_conditioning="batch_norm"
+    )
+    norms = [m for m in conditional.generator.modules() if isinstance(m, ClassConditionalBatchNorm)]
+    scales = torch.cat([m.gain.weight.flatten() for m in norms])  # each class's scales: as the paper's
+    assert abs(scales.mean().item() - 1) < 0.003 and abs(scales.std().item() - 0.02) < 0.003
+    assert all(torch.equal(m.shift.weight, torch.zeros_like(m.shift.weight)) for m in norms)
 
 
 def test_dcgan64_has_the_papers_shape_and_parameter_counts():
@@ -107,10 +115,13 @@ def test_dcgan64_has_the_papers_shape_and_parameter_counts():
     assert count(DCGAN.from_preset("dcgan64", image_size=64, disc_width=32).discriminator) < 2_765_568
 
 
-@pytest.mark.parametrize("conditioning", ["concat", "projection"])
-def test_the_label_changes_the_sample_and_the_logit(conditioning):
+@pytest.mark.parametrize(
+    ("conditioning", "generator_conditioning"), [("concat", "concat"), ("projection", "batch_norm")]
+)
+def test_the_label_changes_the_sample_and_the_logit(conditioning, generator_conditioning):
     torch.manual_seed(0)
-    net = DCGAN(image_size=16, in_channels=1, num_classes=4, conditioning=conditioning, preset="nano")
+    net = DCGAN(image_size=16, in_channels=1, num_classes=4, conditioning=conditioning, preset="nano",
+                generator_conditioning=generator_conditioning)  # fmt: skip
     net.eval()  # batch norm from running statistics: each example on its own
     z = torch.randn(3, 16)
     a = net(z, torch.tensor([0, 1, 2]))
@@ -123,9 +134,16 @@ def test_the_label_changes_the_sample_and_the_logit(conditioning):
     first = net.discriminator.blocks[0]
     assert first.in_channels == (1 + 4 if conditioning == "concat" else 1)
     assert (net.discriminator.embed is not None) == (conditioning == "projection")
-    assert net.generator.net[0].in_channels == 16 + 16  # z and its class embedding (latent_size wide)
-    small = DCGAN(image_size=16, num_classes=4, embedding_size=5, preset="nano")
-    assert small.generator.net[0].in_channels == 16 + 5
+    if generator_conditioning == "concat":
+        assert net.generator.net[0].in_channels == 16 + 16  # z and its class embedding (latent_size wide)
+        small = DCGAN(image_size=16, num_classes=4, embedding_size=5, preset="nano")
+        assert small.generator.net[0].in_channels == 16 + 5
+    else:  # z alone; every batch norm has a scale and a shift per class
+        assert net.generator.net[0].in_channels == 16 and net.generator.embed is None
+        norms = [m for m in net.generator.modules() if isinstance(m, ClassConditionalBatchNorm)]
+        affine = [m for m in net.generator.modules() if type(m) is nn.BatchNorm2d and m.affine]
+        assert len(norms) == 2 and not affine  # at 4x4 and 8x8 (the output layer has none)
+        assert [n.gain.weight.shape for n in norms] == [(4, 16), (4, 8)]  # one row per class
 
 
 def test_the_projection_logit_is_the_unconditional_part_plus_the_class_inner_product():
@@ -201,6 +219,10 @@ def test_a_recipe_builds_it_by_preset_and_a_dotted_override():
         ({"in_channels": 0}, r"net.init_args.in_channels: expected at least 1 channel, got 0"),
         ({"num_classes": 0}, r"net.init_args.num_classes: expected None \(unconditional\) or at least 1"),
         ({"embedding_size": 0}, r"net.init_args.embedding_size: expected a positive"),
+        (
+            {"generator_conditioning": "projection"},
+            r"net.init_args.generator_conditioning: expected concat or batch_norm, got 'projection'",
+        ),
         (
             {"conditioning": "hinge"},
             r"net.init_args.conditioning: expected concat or projection, got 'hinge'",
