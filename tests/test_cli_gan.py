@@ -78,7 +78,7 @@ def test_both_gan_recipes_train_validate_and_sample_through_the_cli(name, cli, t
 @pytest.mark.parametrize(
     "name, setting, message",
     [
-        ("cgan", "--data.init_args.labels=none", "the net has no classes (unlabelled data link none"),
+        ("cgan", "--data.init_args.labels=none", "a class-conditional model needs the number of classes"),
         (
             "dcgan",
             "--model.init_args.net.init_args.latent_size=0",
