@@ -41,7 +41,7 @@ nets with their own parameters (one optimiser each), and the attributes ``latent
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -57,8 +57,17 @@ __all__ = ["DCGAN", "DCGANDiscriminator", "DCGANGenerator"]
 Conditioning = Literal["concat", "projection"]
 GeneratorConditioning = Literal["concat", "batch_norm"]
 _FIELD = "model.init_args.net.init_args"
-_CONDITIONINGS = ("concat", "projection")
-_GENERATOR_CONDITIONINGS = ("concat", "batch_norm")
+# The ways to condition each net, with the fix an error names: {field: (choices, fix)}.
+_CONDITIONINGS = {
+    "generator_conditioning": (
+        get_args(GeneratorConditioning),
+        "batch_norm (class-conditional batch norm in every generator layer) or concat (an embedding joins z)",
+    ),
+    "conditioning": (
+        get_args(Conditioning),
+        "projection (Miyato & Koyama's projection discriminator) or concat",
+    ),
+}
 
 
 class DCGANGenerator(nn.Module):
@@ -382,17 +391,12 @@ def _check(**sizes: Any) -> None:
             f"{_FIELD}.embedding_size: expected a positive class embedding size, "
             f"got {sizes['embedding_size']!r}. Fix: leave it unset (it is then latent_size)."
         )
-    if "generator_conditioning" in sizes and sizes["generator_conditioning"] not in _GENERATOR_CONDITIONINGS:
-        raise InputError(
-            f"{_FIELD}.generator_conditioning: expected concat or batch_norm, "
-            f"got {sizes['generator_conditioning']!r}. Fix: set it to batch_norm (class-conditional batch "
-            "norm in every generator layer) or concat (a class embedding joins z)."
-        )
-    if "conditioning" in sizes and sizes["conditioning"] not in _CONDITIONINGS:
-        raise InputError(
-            f"{_FIELD}.conditioning: expected concat or projection, got {sizes['conditioning']!r}. "
-            "Fix: set it to projection (Miyato & Koyama's projection discriminator) or concat."
-        )
+    for name, (choices, fix) in _CONDITIONINGS.items():
+        if name in sizes and sizes[name] not in choices:
+            raise InputError(
+                f"{_FIELD}.{name}: expected {' or '.join(choices)}, got {sizes[name]!r}. "
+                f"Fix: set it to {fix}."
+            )
 
 
 def _check_labels(net: nn.Module, num_classes: int | None, labels: Tensor | None, batch: int) -> None:
