@@ -3,10 +3,10 @@
 A source is one of:
 
 * ``None`` (or ``"embedded:pydoc"``): the embedded corpus, see :mod:`lightning_seq.data.embedded`;
-* a local file, folder (searched recursively) or glob of ``.txt``, ``.jsonl``/``.json``, ``.csv``
-  or ``.parquet`` files. A ``.txt`` file is one document; the other formats hold one document per
-  row in ``text_column`` and are read with Hugging Face ``datasets``, the same code path as hub
-  datasets. A file whose name contains ``train``, ``validation``/``valid``/``val``/``dev`` or
+* a local file, folder (searched recursively) or glob of ``.txt`` (or WikiText's ``.tokens``),
+  ``.jsonl``/``.json``, ``.csv`` or ``.parquet`` files. A ``.txt``/``.tokens`` file is one
+  document; the other formats hold one document per row in ``text_column`` and are read with
+  Hugging Face ``datasets``, the same code path as hub datasets. A file whose name contains ``train``, ``validation``/``valid``/``val``/``dev`` or
   ``test`` (as a separate word) belongs to that split; other files belong to ``train``;
 * a Hugging Face ``datasets`` name (``"wikitext"`` with ``dataset_config="wikitext-2-raw-v1"``),
   used when the network allows.
@@ -37,7 +37,14 @@ SPLIT_ALIASES = {
     "val": ("validation", "valid", "val", "dev"),
     "test": ("test", "testing"),
 }
-FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+FORMATS = {
+    ".txt": "text",
+    ".tokens": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
 
 Corpus = dict[str, list[str]]
 # control characters other than tab, newline, carriage return (C0, DEL, C1)

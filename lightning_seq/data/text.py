@@ -328,13 +328,15 @@ class TextDataModule(CachedDataModule):
 
 
 def _write_tokens(tokenizer: Tokenizer, docs: list[str], eos: int, dtype: np.dtype, path: Path) -> int:
-    """Encode documents, each followed by ``<|eos|>``, appending them to a flat binary file."""
+    """Encode documents, each followed by ``<|eos|>`` (unless it already ends with one: a line end of the
+    ``whitespace`` tokenizer), appending them to a flat binary file."""
     count = 0
     with path.open("wb") as f:
         for start in range(0, len(docs), 1024):
             encodings = tokenizer.encode_batch(docs[start : start + 1024], add_special_tokens=False)
             for enc in encodings:
-                ids = np.asarray([*enc.ids, eos], dtype=dtype)
+                ends = enc.ids[-1:] == [eos]
+                ids = np.asarray(enc.ids if ends else [*enc.ids, eos], dtype=dtype)
                 f.write(ids.tobytes())
                 count += len(ids)
     return count

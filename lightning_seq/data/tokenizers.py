@@ -6,6 +6,11 @@ Kinds:
 * ``bpe``: byte-level BPE with ``vocab_size`` tokens; exact round trip for any text.
 * ``word``: one token per word or punctuation mark, a word carrying its leading space (``▁the``),
   newlines as tokens; words seen fewer than ``min_frequency`` times map to ``<|unk|>``.
+* ``whitespace``: for corpora that come pre-tokenized (Penn Treebank, WikiText): the tokens are
+  exactly the whitespace-separated words, and each line ends with one ``end_of_line`` token (by
+  default ``<|eos|>``, the end-of-text token, which is what the literature's ``<eos>`` is). The
+  corpus's own unknown word (``unk_token``, ``<unk>``) is the tokenizer's, so perplexities are per
+  word as published. Decoding joins the words with spaces.
 * a path to an existing ``tokenizer.json``: used as it is, with our special tokens added when missing.
 * a path to a lightning_seq checkpoint (``.ckpt``): the tokenizer it was trained with, e.g. to
   fine-tune a classifier from a language model with the language model's vocabulary.
@@ -15,18 +20,19 @@ Every tokenizer has the special tokens ``<|pad|>``, ``<|unk|>``, ``<|bos|>`` and
 context for generation.
 """
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 from lightning_seq.checkpointing import read_checkpoint
 from lightning_seq.errors import InputError
 
 PAD, UNK, BOS, EOS = "<|pad|>", "<|unk|>", "<|bos|>", "<|eos|>"
 SPECIAL_TOKENS = [PAD, UNK, BOS, EOS]
-KINDS = ("char", "bpe", "word")
+KINDS = ("char", "bpe", "word", "whitespace")
 FILE_SUFFIXES = (".json", ".ckpt")
 # The BPE trainer of the tokenizers library (0.23) reserves about 71 bytes per token of vocab_size up
 # front, and an allocation that fails aborts the whole process ("memory allocation of N bytes failed",
@@ -42,15 +48,24 @@ class TokenizerConfig:
     """How to build the tokenizer.
 
     Args:
-        kind: ``char``, ``bpe``, ``word``, or the path of an existing ``tokenizer.json`` or of a
-            checkpoint (``.ckpt``) that holds a tokenizer.
-        vocab_size: largest vocabulary for ``bpe`` and ``word`` (special tokens included).
-        min_frequency: fewest occurrences in the train split for a ``bpe`` merge or a ``word``.
+        kind: ``char``, ``bpe``, ``word``, ``whitespace``, or the path of an existing ``tokenizer.json``
+            or of a checkpoint (``.ckpt``) that holds a tokenizer.
+        vocab_size: largest vocabulary for ``bpe``, ``word`` and ``whitespace`` (special tokens
+            included), the most frequent words kept; None for no limit.
+        min_frequency: fewest occurrences in the train split for a ``bpe`` merge or a word; rarer
+            words are unknown.
+        unk_token: ``whitespace``: the corpus's unknown word, used as the tokenizer's.
+        end_of_line: ``whitespace``: the token each line ends with; ``<|eos|>`` (the default, the
+            end-of-text token that also ends each document: a document that ends with a newline
+            gets one, not two), another word (an ordinary token), or None for none (newlines are
+            then spaces).
     """
 
     kind: str = "char"
-    vocab_size: int = 8192
+    vocab_size: int | None = 8192
     min_frequency: int = 2
+    unk_token: str = "<unk>"
+    end_of_line: str | None = EOS
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS and not self.kind.endswith(FILE_SUFFIXES):
@@ -58,7 +73,9 @@ class TokenizerConfig:
                 f"data.tokenizer.kind: unknown tokenizer kind '{self.kind}'. "
                 f"Fix: use one of {', '.join(KINDS)}, or the path of a tokenizer.json or .ckpt file."
             )
-        if not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:  # before the native trainer sees it
+        if (
+            self.vocab_size is not None and not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE
+        ):  # before the native trainer sees it
             raise InputError(
                 f"data.init_args.tokenizer.vocab_size: {self.vocab_size} is outside the allowed range "
                 f"{MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE} (special tokens included). Fix: choose a size in it, "
@@ -68,6 +85,13 @@ class TokenizerConfig:
             raise InputError(
                 f"data.tokenizer.min_frequency: expected 1..{MAX_MIN_FREQUENCY}, got {self.min_frequency}."
             )
+        for field in ("unk_token", "end_of_line"):
+            value = getattr(self, field)
+            if value is not None and (not value or any(c.isspace() for c in value)):
+                raise InputError(
+                    f"data.tokenizer.{field}: {value!r} is not a word (empty or with whitespace). "
+                    "Fix: give one whitespace-free token, e.g. '<unk>' or '<eos>'."
+                )
 
     @property
     def is_file(self) -> bool:
@@ -87,9 +111,15 @@ def build_tokenizer(config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
         tokenizer = load_tokenizer_file(config.kind)
         tokenizer.add_special_tokens(SPECIAL_TOKENS)
         return tokenizer
+    if config.kind == "whitespace":
+        return _whitespace(config, texts)
     tokenizer, trainer = {"char": _char, "bpe": _bpe, "word": _word}[config.kind](config)
     tokenizer.train_from_iterator(_batches(texts), trainer)
     return tokenizer
+
+
+def _vocab_limit(config: TokenizerConfig) -> int:
+    return MAX_VOCAB_SIZE if config.vocab_size is None else config.vocab_size
 
 
 def _char(config: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
@@ -104,7 +134,7 @@ def _bpe(config: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=config.vocab_size,
+        vocab_size=_vocab_limit(config),
         min_frequency=config.min_frequency,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
@@ -124,12 +154,35 @@ def _word(config: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
     )
     tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="never")
     trainer = trainers.WordLevelTrainer(
-        vocab_size=config.vocab_size,
+        vocab_size=_vocab_limit(config),
         min_frequency=config.min_frequency,
         special_tokens=SPECIAL_TOKENS,
         show_progress=False,
     )
     return tokenizer, trainer
+
+
+def _whitespace(config: TokenizerConfig, texts: Iterable[str]) -> Tokenizer:
+    """The words of ``str.split()`` and an end-of-line token per line, counted here rather than by the
+    library's trainer, which would count the end-of-line token again as a word and leave holes in
+    the ids. Ids: the special tokens, then the words by falling count (ties alphabetical)."""
+    specials = [PAD, config.unk_token, BOS, EOS]
+    counts: Counter[str] = Counter()
+    for text in texts:
+        counts.update(text.split())
+        if config.end_of_line is not None:
+            counts[config.end_of_line] += text.count("\n")
+    words = sorted(
+        (w for w, n in counts.items() if n >= config.min_frequency and w not in specials),
+        key=lambda w: (-counts[w], w),
+    )
+    vocab = {token: i for i, token in enumerate([*specials, *words][: _vocab_limit(config)])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=config.unk_token))
+    tokenizer.add_special_tokens([PAD, BOS, EOS])  # never produced by splitting a text
+    if config.end_of_line is not None:
+        tokenizer.normalizer = normalizers.Replace(Regex(r"\r?\n"), f" {config.end_of_line} ")
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return tokenizer
 
 
 def _batches(texts: Iterable[str], size: int = 256) -> Iterator[list[str]]:
@@ -183,9 +236,15 @@ def save_tokenizer(tokenizer: Tokenizer, path: Path) -> None:
 
 
 def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
-    """Ids of the special tokens: ``{"pad": 0, "unk": 1, "bos": 2, "eos": 3}`` (None when absent)."""
+    """Ids of the special tokens: ``{"pad": 0, "unk": 1, "bos": 2, "eos": 3}`` (None when absent).
+
+    The unknown token is the model's own when it names one (``<unk>`` for the ``whitespace`` kind)."""
     names = ("pad", "unk", "bos", "eos")
-    return {name: tokenizer.token_to_id(token) for name, token in zip(names, SPECIAL_TOKENS, strict=True)}
+    ids = {name: tokenizer.token_to_id(token) for name, token in zip(names, SPECIAL_TOKENS, strict=True)}
+    unk = getattr(tokenizer.model, "unk_token", None)
+    if unk and tokenizer.token_to_id(unk) is not None:
+        ids["unk"] = tokenizer.token_to_id(unk)
+    return ids
 
 
 def encode_texts(tokenizer: Tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:

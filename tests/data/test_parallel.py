@@ -243,7 +243,9 @@ def test_resuming_with_another_vocabulary_is_refused_and_hparams_rebuild(tmp_pat
     with pytest.raises(InputError, match="vocabulary of"):
         other.load_state_dict(dm.state_dict())
     dm.load_state_dict(dm.state_dict())
-    assert dm.hparams["tokenizer"] == {"kind": "char", "vocab_size": 8192, "min_frequency": 2}
+    assert dm.hparams["tokenizer"] == {
+        "kind": "char", "vocab_size": 8192, "min_frequency": 2, "unk_token": "<unk>", "end_of_line": "<|eos|>"
+    }  # fmt: skip
     assert ParallelTextDataModule(**dm.hparams).cache_key == dm.cache_key  # as load_from_checkpoint does
 
 

@@ -67,6 +67,26 @@ def test_cached_tokens_decode_back_to_the_corpus(corpus_file):
     assert dm.chars_per_token("val") == pytest.approx(1.0)
 
 
+def test_pre_tokenized_split_files_give_the_references_tokens(tmp_path):
+    """ptb.train.txt / ptb.valid.txt / ptb.test.txt: each split holds its words and one <|eos|> per line
+    (none added at the end of a file that ends with a newline), as the literature counts them."""
+    texts = {
+        "train": " the cat sat \n the dog sat \n a <unk> ran \n",
+        "valid": " the zebra sat \n\n",
+        "test": " a cat ran",  # no final newline: the end of the document ends the line
+    }
+    for name, text in texts.items():
+        (tmp_path / f"ptb.{name}.txt").write_text(text)
+    config = TokenizerConfig(kind="whitespace", min_frequency=1, vocab_size=None)
+    dm = TextDataModule(source=str(tmp_path), tokenizer=config, batch_size=1, block_size=2)
+    for split, name in (("train", "train"), ("val", "valid"), ("test", "test")):
+        text = texts[name]
+        assert dm.meta["num_tokens"][split] == len(text.split()) + max(1, text.count("\n"))
+    assert dm.vocab_size == 4 + len({"the", "cat", "sat", "dog", "a", "ran"})  # the train split's words
+    val = dm.tokenizer.decode(np.asarray(dm.tokens("val")[:]).tolist(), skip_special_tokens=False)
+    assert val == "the <unk> sat <|eos|> <|eos|>"  # zebra: not in train
+
+
 def test_changed_source_file_is_tokenized_again(corpus_file):
     first = TextDataModule(source=str(corpus_file))
     first.prepare_data()
@@ -121,7 +141,9 @@ def test_resuming_with_another_tokenizer_is_refused(corpus_file):
 
 def test_hyperparameters_are_plain_data(corpus_file):
     dm = TextDataModule(source=str(corpus_file), tokenizer=TokenizerConfig(kind="bpe", vocab_size=300))
-    assert dm.hparams["tokenizer"] == {"kind": "bpe", "vocab_size": 300, "min_frequency": 2}
+    assert dm.hparams["tokenizer"] == {
+        "kind": "bpe", "vocab_size": 300, "min_frequency": 2, "unk_token": "<unk>", "end_of_line": "<|eos|>"
+    }  # fmt: skip
     again = TextDataModule(**dm.hparams)  # as load_from_checkpoint rebuilds it
     assert again.cache_key == dm.cache_key
 

@@ -57,7 +57,57 @@ def test_word_min_frequency_sends_rare_words_to_unk():
     assert tok.encode("a common rare").tokens == ["<|unk|>", "▁common", "<|unk|>"]
 
 
-@pytest.mark.parametrize("kind", ["char", "bpe", "word"])
+# Penn Treebank's layout: lower-cased, space-separated tokens, one sentence per line, rare words <unk>.
+PRE_TOKENIZED = (
+    " aer banknote berlitz calloway centrust cluett fromstein gitano guterman \n"
+    " pierre <unk> N years old will join the board as a nonexecutive director nov. N \n"
+    " mr. <unk> is chairman of <unk> n.v. the dutch publishing group \n"
+    "\n"
+    " the <unk> @-@ based company 's shares rose $ N to $ N.N \n"
+)
+
+
+def test_whitespace_tokens_are_exactly_the_words_and_one_per_line():
+    tok = build_tokenizer(
+        TokenizerConfig(kind="whitespace", min_frequency=1, vocab_size=None), [PRE_TOKENIZED]
+    )
+    enc = tok.encode(PRE_TOKENIZED, add_special_tokens=False)
+    assert len(enc.ids) == len(PRE_TOKENIZED.split()) + PRE_TOKENIZED.count("\n")  # the reference's count
+    words = [t for t in enc.tokens if t != EOS]
+    assert words == PRE_TOKENIZED.split()  # '@-@', "'s", 'n.v.', 'N.N' stay whole
+    assert enc.tokens.count(EOS) == 5  # the empty line too, as the reference's "<eos>" per line
+    assert tok.decode(enc.ids) == " ".join(PRE_TOKENIZED.split())
+
+
+def test_whitespace_uses_the_corpus_unknown_word_and_the_train_vocabulary():
+    tok = build_tokenizer(TokenizerConfig(kind="whitespace", min_frequency=2), [PRE_TOKENIZED])
+    ids = special_ids(tok)
+    assert sorted(ids.values()) == [0, 1, 2, 3] and tok.id_to_token(ids["unk"]) == "<unk>"
+    assert "<|unk|>" not in tok.get_vocab()
+    assert sorted(tok.get_vocab().values()) == list(range(tok.get_vocab_size()))  # no holes in the ids
+    # seen once (min_frequency 2) or never: the corpus's own <unk>, like the words it already replaced
+    assert tok.encode("the gitano zebra <unk> N").tokens == ["the", "<unk>", "<unk>", "<unk>", "N"]
+    kept = build_tokenizer(TokenizerConfig(kind="whitespace", min_frequency=1, vocab_size=7), [PRE_TOKENIZED])
+    assert list(kept.get_vocab()) and kept.get_vocab_size() == 7  # 4 special tokens, then the most frequent
+    assert {"N", "the", "$"} <= set(kept.get_vocab())  # 'N' x5, 'the' x3, '$' x2 (<unk> is special)
+
+
+@pytest.mark.parametrize(("end_of_line", "lines"), [(None, []), ("<eos>", ["<eos>"] * 2)])
+def test_whitespace_end_of_line_token_is_configurable(end_of_line, lines):
+    config = TokenizerConfig(kind="whitespace", min_frequency=1, end_of_line=end_of_line)
+    tok = build_tokenizer(config, ["a b\nc\n"])
+    assert tok.encode("a b\nc\n").tokens == ["a", "b", *lines[:1], "c", *lines[1:]]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("unk_token", ""), ("unk_token", "<u n k>"), ("end_of_line", " ")]
+)
+def test_whitespace_special_words_must_be_words(field, value):
+    with pytest.raises(InputError, match=f"data.tokenizer.{field}: .* is not a word"):
+        TokenizerConfig(kind="whitespace", **{field: value})
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe", "word", "whitespace"])
 def test_special_tokens_exist_and_are_atomic(kind):
     tok = build_tokenizer(TokenizerConfig(kind=kind, vocab_size=300, min_frequency=1), TRAIN)
     ids = special_ids(tok)
