@@ -6,8 +6,9 @@ A source is one of:
 * a local file, folder (searched recursively) or glob of ``.txt`` (or WikiText's ``.tokens``),
   ``.jsonl``/``.json``, ``.csv`` or ``.parquet`` files. A ``.txt``/``.tokens`` file is one
   document; the other formats hold one document per row in ``text_column`` and are read with
-  Hugging Face ``datasets``, the same code path as hub datasets. A file whose name contains ``train``, ``validation``/``valid``/``val``/``dev`` or
-  ``test`` (as a separate word) belongs to that split; other files belong to ``train``;
+  Hugging Face ``datasets``, the same code path as hub datasets. A file whose name contains
+  ``train``, ``validation``/``valid``/``val``/``dev`` or ``test`` (as a separate word) belongs to
+  that split; other files belong to ``train``;
 * a Hugging Face ``datasets`` name (``"wikitext"`` with ``dataset_config="wikitext-2-raw-v1"``),
   used when the network allows.
 

@@ -16,6 +16,7 @@ from torch import nn
 from lightning_seq.errors import InputError
 from lightning_seq.modules._optim import (
     OptimizerFactory,
+    PlateauLR,
     Schedule,
     SharedFactory,
     check_optimizer,
@@ -41,8 +42,10 @@ class Optimization:
         optimizer: the factory from the recipe, ``optimizer(param_groups) -> torch.optim.Optimizer``.
         params: the module whose parameters it updates (weight decay skips biases, norms, embeddings).
         warmup_steps: linear warmup of its learning rate from 0 over this many of its steps.
-        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
+        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, ``constant``, or
+            ``plateau`` (times ``plateau_factor`` after each validation loss that is not the best).
         min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
+        plateau_factor: the cut of the ``plateau`` schedule.
     """
 
     optimizer: OptimizerFactory
@@ -50,6 +53,7 @@ class Optimization:
     warmup_steps: int = 0
     lr_schedule: Schedule = "constant"
     min_lr_ratio: float = 1.0
+    plateau_factor: float = 0.25
 
 
 class NetModule(L.LightningModule):
@@ -84,8 +88,12 @@ class NetModule(L.LightningModule):
         optimizer: optimizer class (and its arguments) from the recipe; default AdamW. Weight decay
             skips biases, norms, embeddings and the parameters a net names in ``no_weight_decay``.
         warmup_steps: linear warmup of the learning rate from 0 over this many steps.
-        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup, or ``constant``.
+        lr_schedule: ``cosine`` decay to ``min_lr_ratio`` x peak after warmup; ``constant``; or
+            ``plateau``: constant after warmup, multiplied by ``plateau_factor`` after every
+            validation whose ``val/loss`` is not below the best so far (the classic annealing of
+            word-level language models).
         min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
+        plateau_factor: the cut of the ``plateau`` schedule, e.g. 0.25 (divide by 4).
         compile: compile the net with ``torch.compile``.
     """
 
@@ -96,6 +104,7 @@ class NetModule(L.LightningModule):
         warmup_steps: int = 100,
         lr_schedule: Schedule = "cosine",
         min_lr_ratio: float = 0.1,
+        plateau_factor: float = 0.25,
         compile: bool = False,
     ):
         super().__init__()
@@ -103,7 +112,7 @@ class NetModule(L.LightningModule):
             warnings.filterwarnings("ignore", message="Attribute 'net' is an instance of `nn.Module`")
             self.save_hyperparameters()  # the arguments of every constructor up the chain
         plain_hparams(self)
-        check_schedule(warmup_steps, min_lr_ratio, lr_schedule)
+        check_schedule(warmup_steps, min_lr_ratio, lr_schedule, plateau_factor)
         check_optimizer(optimizer, "model.init_args.optimizer")  # now, not once the run folder exists
         self.net = net
         self.optimizer = SharedFactory(optimizer)
@@ -140,8 +149,13 @@ class NetModule(L.LightningModule):
     # -------------------------------------------------------------------------------- optimizers
     def optimizations(self) -> dict[str, Optimization]:
         """The module's optimizers by name; by default one, ``"net"``, over all parameters."""
+        return {"net": Optimization(self.optimizer, self, *self.schedule_settings())}
+
+    def schedule_settings(self) -> tuple[int, Schedule, float, float]:
+        """The recipe's ``(warmup_steps, lr_schedule, min_lr_ratio, plateau_factor)``, for
+        :class:`Optimization`."""
         hp = self.hparams
-        return {"net": Optimization(self.optimizer, self, hp.warmup_steps, hp.lr_schedule, hp.min_lr_ratio)}
+        return hp.warmup_steps, hp.lr_schedule, hp.min_lr_ratio, hp.get("plateau_factor", 0.25)
 
     def check_optimizations(self) -> None:
         """Build each optimizer of :meth:`optimizations` once over a throwaway parameter: a value torch
@@ -168,7 +182,7 @@ class NetModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         setups = [
             configure_optimization(
-                p.params, p.optimizer, total, p.warmup_steps, p.lr_schedule, p.min_lr_ratio
+                p.params, p.optimizer, total, p.warmup_steps, p.lr_schedule, p.min_lr_ratio, p.plateau_factor
             )
             for p in self.optimizations().values()
         ]
@@ -191,6 +205,25 @@ class NetModule(L.LightningModule):
         schedulers = self.lr_schedulers()
         schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
         return schedulers[self._optimizer_index(name)]
+
+    def on_validation_epoch_end(self) -> None:
+        """Hand this validation's ``val/loss`` to each ``plateau`` schedule (before the checkpoint of
+        this validation is written, so that it holds the cut)."""
+        if not self._fitting() or self.trainer.sanity_checking:
+            return
+        schedulers = self.lr_schedulers() if self.trainer.lr_scheduler_configs else None
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        plateaus = [s for s in schedulers if isinstance(s, PlateauLR)]
+        if not plateaus:
+            return
+        loss = self.trainer.callback_metrics.get("val/loss")
+        if loss is None:
+            raise InputError(
+                f"model.init_args.lr_schedule: 'plateau' follows val/loss, which {type(self).__name__} "
+                "does not log in validation. Fix: use 'cosine' or 'constant'."
+            )
+        for scheduler in plateaus:
+            scheduler.observe(float(loss))
 
     # ----------------------------------------------------------------------------- checkpoints
     def resume_state(self) -> dict:

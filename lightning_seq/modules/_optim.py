@@ -3,14 +3,16 @@
 The optimizer class and its arguments come from the recipe (``optimizer: {class_path: torch.optim.AdamW,
 init_args: {lr: 3e-3, weight_decay: 0.1}}``); weight decay applies only to weight matrices, never
 to biases, norms or embeddings. The schedule is a linear warmup followed by a cosine decay to
-``min_lr_ratio`` times the peak rate, or a constant rate after warmup.
+``min_lr_ratio`` times the peak rate, a constant rate, or the classic ``plateau`` annealing: the
+rate is multiplied by ``plateau_factor`` after every validation whose loss is not the best so far
+(pytorch/examples' word language model divides it by 4).
 """
 
 import functools
 import math
 import re
 from collections.abc import Callable, Iterable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -18,7 +20,8 @@ from torch import nn
 from lightning_seq.errors import InputError
 
 OptimizerFactory = Callable[[Iterable], torch.optim.Optimizer]
-Schedule = Literal["cosine", "constant"]
+Schedule = Literal["cosine", "constant", "plateau"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 class SharedFactory:
@@ -62,12 +65,20 @@ def param_groups(module: nn.Module) -> list[dict]:
     return [g for g in groups if g["params"]]
 
 
-def check_schedule(warmup_steps: int, min_lr_ratio: float, schedule: str) -> None:
-    """Raise :class:`InputError` for a negative warmup, a final ratio outside [0, 1], an unknown schedule."""
+def check_schedule(
+    warmup_steps: int, min_lr_ratio: float, schedule: str, plateau_factor: float = 0.25
+) -> None:
+    """Raise :class:`InputError` for a negative warmup, a final ratio outside [0, 1], an unknown schedule,
+    a plateau factor outside (0, 1]."""
     field = "model.init_args"
-    if schedule not in ("cosine", "constant"):
+    if schedule not in SCHEDULES:
         raise InputError(
-            f"{field}.lr_schedule: unknown schedule '{schedule}'. Fix: use 'cosine' or 'constant'."
+            f"{field}.lr_schedule: unknown schedule '{schedule}'. Fix: use one of {', '.join(SCHEDULES)}."
+        )
+    if not 0.0 < plateau_factor <= 1.0:  # also NaN
+        raise InputError(
+            f"{field}.plateau_factor: expected a factor in (0, 1], got {plateau_factor}. "
+            "Fix: give e.g. 0.25 (the learning rate divided by 4 when validation does not improve)."
         )
     if not warmup_steps >= 0:
         raise InputError(
@@ -170,18 +181,49 @@ def lr_lambda(
     warmup_steps: int, total_steps: int, schedule: Schedule, min_lr_ratio: float
 ) -> Callable[[int], float]:
     """Multiplier of the peak learning rate at each step: ``step / warmup`` during warmup, then
-    ``min + (1 - min) * (1 + cos(pi * progress)) / 2`` (cosine) or ``1`` (constant)."""
+    ``min + (1 - min) * (1 + cos(pi * progress)) / 2`` (cosine) or ``1`` (constant; and ``plateau``
+    until a validation cuts it, see :class:`PlateauLR`)."""
     check_schedule(warmup_steps, min_lr_ratio, schedule)
 
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
-        if schedule == "constant":
+        if schedule != "cosine":
             return 1.0
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+class PlateauLR(torch.optim.lr_scheduler.LRScheduler):
+    """Linear warmup to the peak rate, then the rate times ``factor`` for each validation loss that did
+    not improve on the best before it (:meth:`observe`); stepped every optimizer step.
+
+    Its state (the best loss and the accumulated ``scale``) is in ``state_dict()``, so a resumed run
+    goes on with the rate of an uninterrupted one.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, factor: float):
+        self.warmup_steps, self.factor = warmup_steps, factor
+        self.best, self.scale = math.inf, 1.0
+        super().__init__(optimizer)
+
+    def get_lr(self) -> list[float]:
+        step = self.last_epoch
+        warm = (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
+        return [base * warm * self.scale for base in self.base_lrs]
+
+    def observe(self, loss: float) -> bool:
+        """Take a validation loss; returns whether the rate was cut (from the next step on)."""
+        if loss < self.best:
+            self.best = loss
+            return False
+        self.scale *= self.factor
+        for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
+            group["lr"] = lr
+        self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
+        return True
 
 
 def configure_optimization(
@@ -191,10 +233,15 @@ def configure_optimization(
     warmup_steps: int,
     schedule: Schedule,
     min_lr_ratio: float,
+    plateau_factor: float = 0.25,
 ) -> dict:
     """The ``configure_optimizers`` answer: optimizer over :func:`param_groups` + per-step schedule."""
     opt = optimizer(param_groups(module))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_lambda(warmup_steps, total_steps, schedule, min_lr_ratio)
-    )
+    if schedule == "plateau":
+        check_schedule(warmup_steps, min_lr_ratio, schedule, plateau_factor)
+        sched = PlateauLR(opt, warmup_steps, plateau_factor)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lr_lambda(warmup_steps, total_steps, schedule, min_lr_ratio)
+        )
     return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

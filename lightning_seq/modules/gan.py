@@ -56,7 +56,7 @@ from lightning_seq.errors import InputError
 from lightning_seq.layers.batch_norm import sync_batch_norm
 from lightning_seq.modules._base import Optimization
 from lightning_seq.modules._generative import GenerativeModule
-from lightning_seq.modules._optim import OptimizerFactory, Schedule, SharedFactory
+from lightning_seq.modules._optim import OptimizerFactory, SharedFactory
 
 __all__ = ["GAN", "discriminator_loss", "generator_loss", "r1_penalty"]
 
@@ -148,7 +148,7 @@ class GAN(GenerativeModule):
         pixels: px.Pixels = "symmetric",
         optimizer: OptimizerFactory | None = None,
         warmup_steps: int = 0,
-        lr_schedule: Schedule = "constant",
+        lr_schedule: Literal["constant", "cosine"] = "constant",
         **kwargs,
     ):
         _check_settings(net, loss, n_critic, label_smoothing, r1_gamma, aux_weight, ema_decay, pixels)
@@ -170,8 +170,7 @@ class GAN(GenerativeModule):
     # -------------------------------------------------------------------------------- optimizers
     def optimizations(self) -> dict[str, Optimization]:
         """The discriminator's and the generator's optimizers, each over its own parameters."""
-        hp = self.hparams
-        schedule = (hp.warmup_steps, hp.lr_schedule, hp.min_lr_ratio)
+        schedule = self.schedule_settings()
         return {
             "discriminator": Optimization(self.discriminator_optimizer, self.net.discriminator, *schedule),
             "generator": Optimization(self.optimizer, self.net.generator, *schedule),

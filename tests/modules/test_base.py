@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_seq.errors import InputError
 from lightning_seq.modules import GenerativeModule, NetModule, Optimization
+from lightning_seq.modules._optim import PlateauLR
 
 
 class Regression(NetModule):
@@ -29,7 +30,7 @@ def test_a_subclass_states_only_its_own_arguments_and_the_base_keeps_the_rest():
     model = Regression(nn.Linear(3, 1), scale=3.0, warmup_steps=7, optimizer=torch.optim.SGD)
     hp = dict(model.hparams)
     expected = {"scale": 3.0, "min_lr_ratio": 0.5, "warmup_steps": 7, "lr_schedule": "cosine"}
-    assert hp == {**expected, "compile": False}
+    assert hp == {**expected, "plateau_factor": 0.25, "compile": False}
     assert model.optimizer.factory is torch.optim.SGD and isinstance(model.net, nn.Linear)
     with pytest.raises(InputError, match="lr_schedule"):
         Regression(nn.Linear(3, 1), lr_schedule="linear")
@@ -163,7 +164,12 @@ def test_each_of_several_optimizers_is_checked_naming_its_field_or_its_name():
 
 @pytest.mark.parametrize(
     ("settings", "field"),
-    [({"warmup_steps": -1}, "warmup_steps"), ({"min_lr_ratio": float("nan")}, "min_lr_ratio")],
+    [
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"min_lr_ratio": float("nan")}, "min_lr_ratio"),
+        ({"plateau_factor": 0.0}, "plateau_factor"),
+        ({"plateau_factor": 4.0}, "plateau_factor"),
+    ],
 )
 def test_a_schedule_value_out_of_range_names_its_field(settings, field):
     with pytest.raises(InputError, match=rf"^model\.init_args\.{field}: expected .* Fix: give"):
@@ -263,3 +269,113 @@ def test_a_fit_resumed_mid_epoch_goes_on_with_the_next_batch_when_max_epochs_is_
     quiet_trainer(tmp_path / "cut", **settings).fit(rest, data(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     assert min(rest.seen) == 8  # the checkpoint of step 8, in the second epoch
     assert {**first.seen, **rest.seen} == whole.seen
+
+
+# ------------------------------------------------------------------------------ the plateau schedule
+def test_plateau_warms_up_then_cuts_the_rate_after_each_validation_that_does_not_improve():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=20.0)
+    schedule = PlateauLR(opt, warmup_steps=2, factor=0.25)
+
+    def lr() -> float:
+        return opt.param_groups[0]["lr"]
+
+    seen = [lr()]
+    for _ in range(3):
+        schedule.step()
+        seen.append(lr())
+    assert seen == [10.0, 20.0, 20.0, 20.0]  # linear warmup over 2 steps, then the peak
+    assert not schedule.observe(5.0) and lr() == 20.0  # the first loss is the best so far
+    assert schedule.observe(5.0) and lr() == 5.0  # equal is not better: divided by 4 at once
+    assert not schedule.observe(4.0) and lr() == 5.0
+    assert schedule.observe(4.5) and lr() == 1.25  # worse than the best (4.0), not than the last
+    schedule.step()
+    assert lr() == 1.25 and schedule.get_last_lr() == [1.25]
+
+    again = PlateauLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=20.0), warmup_steps=2, factor=0.25)
+    again.load_state_dict(schedule.state_dict())  # what a checkpoint keeps: best 4.0, scale 1/16
+    again.step()
+    assert again.get_last_lr() == [1.25] and again.best == 4.0
+    assert not again.observe(3.0) and again.observe(3.5) and again.get_last_lr() == [0.3125]
+
+
+class LoggedRegression(Regression):
+    """Regression that logs ``stage/loss`` (what the plateau schedule follows)."""
+
+    def _step(self, batch, stage: str) -> dict:
+        out = super()._step(batch, stage)
+        self.log_loss(stage, out["loss"], batch[0].size(0))
+        return out
+
+
+class Rates(L.Callback):
+    """The learning rate of every training step and the val/loss of every validation."""
+
+    def __init__(self):
+        self.rates, self.losses = [], []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.losses.append(float(trainer.callback_metrics["val/loss"]))
+
+
+def _regression_data(seed: int) -> tuple[DataLoader, DataLoader]:
+    g = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(200, 4, generator=g), torch.randn(4, 1, generator=g)
+    y = x @ w + 0.5 * torch.randn(200, 1, generator=g)
+    train = DataLoader(TensorDataset(x[:160], y[:160]), batch_size=8, shuffle=True, generator=g)
+    return train, DataLoader(TensorDataset(x[160:], y[160:]), batch_size=40)
+
+
+def test_plateau_schedule_in_training_cuts_after_each_validation_loss_that_is_not_the_best(tmp_path):
+    """The rate of every step after a validation is the peak times 1/4 per validation so far whose logged
+    val/loss did not improve on the best before it."""
+    from trainers import quiet_trainer
+
+    torch.manual_seed(0)
+    model = LoggedRegression(
+        nn.Linear(4, 1), optimizer=partial(torch.optim.SGD, lr=0.05), warmup_steps=0, lr_schedule="plateau"
+    )
+    rates = Rates()
+    trainer = quiet_trainer(tmp_path, max_steps=200, val_check_interval=10, callbacks=[rates],
+                            num_sanity_val_steps=1)  # fmt: skip
+    trainer.fit(model, *_regression_data(0))
+    best, cuts, expected = float("inf"), 0, []
+    for loss in rates.losses:
+        cuts += loss >= best
+        best = min(best, loss)
+        expected.append(0.05 * 0.25**cuts)
+    after_each_validation = rates.rates[10::10]  # the steps right after validations 1, 2, ...
+    assert after_each_validation == pytest.approx(expected[: len(after_each_validation)])
+    assert 1 <= cuts < len(rates.losses)  # the run improved, then stalled at the noise
+
+
+def test_a_plateau_run_resumed_from_a_checkpoint_ends_as_an_uninterrupted_one(tmp_path):
+    """The schedule's best loss and cuts are in the checkpoint of the validation that made them."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from trainers import quiet_trainer
+
+    train, val = _regression_data(1)
+    train = DataLoader(TensorDataset(*train.dataset[:80]), batch_size=8)  # 10 steps an epoch, in order
+
+    def run(root, callbacks=(), ckpt_path=None) -> LoggedRegression:
+        torch.manual_seed(0)
+        model = LoggedRegression(nn.Linear(4, 1), optimizer=partial(torch.optim.SGD, lr=0.05),
+                                 warmup_steps=0, lr_schedule="plateau")  # fmt: skip
+        trainer = quiet_trainer(root, max_epochs=15, callbacks=list(callbacks),
+                                enable_checkpointing=bool(callbacks))  # fmt: skip
+        trainer.fit(model, train, val, ckpt_path=ckpt_path)
+        return model
+
+    whole = run(tmp_path / "whole")
+    saving = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)  # after every validation
+    with pytest.raises(RuntimeError, match="crash"):
+        run(tmp_path / "cut", [saving, Crash(75)])
+    saved = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 70 and saved["lr_schedulers"][0]["scale"] < 1.0  # cut before the crash
+    resumed = run(tmp_path / "cut", ckpt_path=tmp_path / "ckpt" / "last.ckpt")
+    assert resumed.lr_schedulers().scale == whole.lr_schedulers().scale < saved["lr_schedulers"][0]["scale"]
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
