@@ -32,12 +32,13 @@ from typing import NoReturn
 
 import torch
 import yaml
-from jsonargparse import ArgumentParser
+from jsonargparse import ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities import rank_zero_only
 from rich.console import Console
 from rich.panel import Panel
 from rich.text import Text
@@ -168,16 +169,42 @@ def user_settings(args: list[str] | dict | None) -> dict[str, tuple[object, str]
         for key, value in args.items():
             _flatten(value, key if key not in SUBCOMMANDS else "", "in the arguments", found)
         return found
-    argv = list(sys.argv[1:] if args is None else args)
+    for _, settings in settings_in_order(list(sys.argv[1:] if args is None else args)):
+        found.update(settings)
+    return found
+
+
+Settings = dict[str, tuple[object, str]]  # key without init_args -> (value, where), as user_settings gives
+
+
+def settings_in_order(
+    argv: list[str], sections: tuple[str, ...] = ("model",), wheres: dict[int, str] | None = None
+) -> list[tuple[int, Settings]]:
+    """What each ``--config`` file and each ``--<section>...`` option of ``argv`` sets, in their order.
+
+    Args:
+        argv: the arguments.
+        sections: the options read besides ``--config``: ``--model``, ``--model.init_args.lr``...
+        wheres: where an argument came from, by its index, when not from the user (a checkpoint).
+
+    Returns:
+        For each file or option: the index in ``argv`` just after it, and its settings.
+    """
+    found = []
     for i, arg in enumerate(argv):
         option, has_value, value = arg.partition("=")
+        end = i + 1 if has_value else i + 2
         if not has_value:
             value = argv[i + 1] if i + 1 < len(argv) else ""
+        settings: Settings = {}
         if option in ("-c", "--config"):
-            _flatten(_read_yaml(value), "", f"in '{value}'", found)
-        elif option == "--model" or option.startswith("--model."):
+            _flatten(_read_yaml(value), "", (wheres or {}).get(i, f"in '{value}'"), settings)
+        elif option.split(".", 1)[0] in {f"--{section}" for section in sections}:
             loaded = _read_yaml(value) if Path(value).suffix in (".yaml", ".yml") else _yaml_value(value)
-            _flatten(loaded, option[2:], "on the command line", found)
+            _flatten(loaded, option[2:], (wheres or {}).get(i, "on the command line"), settings)
+        else:
+            continue
+        found.append((end, settings))
     return found
 
 
@@ -218,6 +245,200 @@ def _same_value(a: object, b: object) -> bool:
 def _short(value: object, width: int = 60) -> str:
     text = repr(list(value) if isinstance(value, tuple) else value)
     return text if len(text) <= width else f"{text[: width - 5]}...{text[-1]}"
+
+
+# ------------------------------------------------------------ a nested class switched by a later setting
+# jsonargparse keeps the init_args given for a class nested in the model or the data (its optimizer, its
+# net) when a later --config file or option switches it to another class that takes them too: a recipe's
+# AdamW weight_decay 0.05 would become SGD's. They are dropped instead, and the new class's defaults used.
+
+
+@dataclass
+class ClassSwitch:
+    """A class nested in the model or the data that a later setting replaced with another class.
+
+    Attributes:
+        key: the class's parsed key, ``model.init_args.optimizer``.
+        old: the class replaced, as it was written.
+        old_where: where that class was given (``in 'recipes/word_gru.yaml'``).
+        new_where: where the new class was given.
+        end: the index in the arguments just after the file or option that gave the new class.
+        carried: the arguments set before the switch and not given again since.
+    """
+
+    key: str
+    old: str
+    old_where: str
+    new_where: str
+    end: int
+    carried: set[str] = dataclasses.field(default_factory=set)
+
+
+def drop_carried_arguments(
+    parser: ArgumentParser, argv: list[str], wheres: dict[int, str] | None = None
+) -> tuple[list[str], list[str]]:
+    """``argv`` with the new class's defaults given back for what a switch of a nested class carried over.
+
+    An argument set for the class before the switch and not given again since gets the new class's
+    default, by an option inserted just after the switch (so that ``--print_config``, the saved config
+    and the hyperparameters show it), unless the new class has no default for it: then it is kept.
+    ``argv`` is parsed once more here only when some key nested in the model or the data is given two
+    different names.
+
+    Args:
+        parser: the CLI's parser.
+        argv: the arguments to parse.
+        wheres: where an argument came from, by its index, when not from the user (:func:`settings_in_order`).
+
+    Returns:
+        The arguments to parse instead, and one line for each switch that dropped or kept an argument.
+    """
+    sources = settings_in_order(argv, ("model", "data"), wheres)
+    if not _names_change(sources):
+        return argv, []
+    config = parser.parse_args([arg for arg in argv if arg.partition("=")[0] != "--print_config"])
+    config = config[config.subcommand] if config.get("subcommand") else config
+    inserted: dict[int, list[str]] = {}
+    lines = []
+    for plain, key in nested_classes(config).items():
+        switch = _last_switch(sources, plain, key)
+        if switch is None:
+            continue
+        option, line = _reset(switch, config[key])
+        inserted.setdefault(switch.end, []).extend([option] if option else [])
+        lines.extend([line] if line else [])
+    return [arg for i, given in enumerate(argv) for arg in (given, *inserted.get(i + 1, []))], lines
+
+
+def _names_change(sources: list[tuple[int, Settings]]) -> bool:
+    """Whether the settings give some key nested in the model or the data two different names (a class,
+    or any other string): the only way a nested class can be switched."""
+    named: dict[str, str] = {}
+    for _, settings in sources:
+        for key, (value, _) in settings.items():
+            key = key.removesuffix(".class_path")
+            nested = "." in key and key.split(".", 1)[0] in ("model", "data")
+            if nested and isinstance(value, str) and named.setdefault(key, value) != value:
+                return True
+    return False
+
+
+def nested_classes(config: Namespace) -> dict[str, str]:
+    """The classes nested in the model's and the data's init_args of a parsed config, at any depth:
+    key without init_args (``model.optimizer``) -> parsed key (``model.init_args.optimizer``)."""
+    found: dict[str, str] = {}
+    for section in ("model", "data"):
+        if _is_class_spec(config.get(section)):
+            _classes_in(config[section].get("init_args"), f"{section}.init_args", section, found)
+    return found
+
+
+def _classes_in(args: object, key: str, plain: str, found: dict[str, str]) -> None:
+    if not isinstance(args, Namespace):
+        return
+    for name, value in vars(args).items():
+        if _is_class_spec(value):
+            found[f"{plain}.{name}"] = f"{key}.{name}"
+            _classes_in(value.get("init_args"), f"{key}.{name}.init_args", f"{plain}.{name}", found)
+        else:  # a dataclass's fields
+            _classes_in(value, f"{key}.{name}", f"{plain}.{name}", found)
+
+
+def _is_class_spec(value: object) -> bool:
+    return isinstance(value, Namespace) and isinstance(value.get("class_path"), str)
+
+
+def _last_switch(sources: list[tuple[int, Settings]], plain: str, key: str) -> ClassSwitch | None:
+    """The last time the settings replace the class at ``plain`` (a key without init_args) with another
+    (``SGD`` and ``torch.optim.SGD`` are one class), and the arguments that it would carry over."""
+    named, where, switch = None, "", None
+    before: set[str] = set()
+    since: set[str] = set()
+    for end, settings in sources:
+        name, at = _class_named(settings, plain)
+        if name is not None and (named is None or not same_class(name, named)):
+            if named is not None:
+                switch = ClassSwitch(key, named, where, at, end)
+                before, since = before | since, set()
+            named, where = name, at
+        since |= _arguments_set(settings, plain)
+    if switch is not None:
+        switch.carried = before - since
+    return switch
+
+
+def _class_named(settings: Settings, plain: str) -> tuple[str | None, str]:
+    """The class that ``settings`` give at ``plain`` (its ``class_path``, or a class name as its value),
+    and where; (None, "") when they give none."""
+    for key in (f"{plain}.class_path", plain):
+        value, where = settings.get(key, (None, ""))
+        if isinstance(value, str) and Path(value).suffix not in (".yaml", ".yml", ".json"):
+            return value, where
+    return None, ""
+
+
+def _arguments_set(settings: Settings, plain: str) -> set[str]:
+    """The arguments of the class at ``plain`` that ``settings`` set: ``lr`` for ``model.optimizer.lr``."""
+    prefix = f"{plain}."
+    names = {key[len(prefix) :].split(".", 1)[0] for key in settings if key.startswith(prefix)}
+    return names - {"class_path"}
+
+
+def _reset(switch: ClassSwitch, spec: Namespace) -> tuple[str | None, str | None]:
+    """For a switch to the parsed class ``spec``: the option that gives the new class its defaults for what
+    the switch carried over (None: nothing to give), and the line that says so (None: nothing carried).
+    An argument whose default the new class lacks (or the command line cannot give) stays as carried."""
+    defaults, required = _class_defaults(spec.class_path)
+    init_args = spec.get("init_args") or Namespace()
+    dropped: dict[str, object] = {}
+    kept: dict[str, object] = {}
+    reset: dict[str, object] = {}
+    for name, value in vars(init_args).items():
+        if name not in switch.carried or (name not in defaults and name not in required):
+            continue  # jsonargparse dropped it already, or the class takes it through **kwargs
+        default = _json_ready(defaults.get(name))
+        if name in required or default is _NO_JSON:
+            kept[name] = value
+        elif not _same_value(value, default):
+            dropped[name], reset[name] = value, default
+    if not dropped and not kept:
+        return None, None
+    option = None
+    if reset:
+        option = f"--{switch.key}=" + json.dumps({"class_path": spec.class_path, "init_args": reset})
+    return option, _switch_line(switch, spec.class_path, dropped, kept)
+
+
+_NO_JSON = object()  # a value that JSON cannot give on the command line
+
+
+def _json_ready(value: object) -> object:
+    """``value`` as JSON gives it on the command line (a class or function as its import path), or
+    ``_NO_JSON``."""
+    if isinstance(value, Namespace):
+        value = value.as_dict()
+    try:
+        return json.loads(json.dumps(value, default=lambda obj: f"{obj.__module__}.{obj.__qualname__}"))
+    except (TypeError, ValueError, AttributeError):
+        return _NO_JSON
+
+
+def _switch_line(switch: ClassSwitch, new: str, dropped: dict[str, object], kept: dict[str, object]) -> str:
+    """The line about a switch: ``model.init_args.optimizer: torch.optim.SGD (on the command line) replaces
+    torch.optim.AdamW (in 'recipes/word_gru.yaml'); not carried over: lr=0.003, weight_decay=0.05. Give
+    them again to keep them.``"""
+    line = f"{switch.key}: {new} ({switch.new_where}) replaces {switch.old} ({switch.old_where})"
+    if kept:
+        them = "it" if len(kept) == 1 else "them"
+        line += f"; carried over, as {new.rpartition('.')[2]} has no default for {them}: {_assignments(kept)}"
+    if dropped:
+        them = "it" if len(dropped) == 1 else "them"
+        line += f"; not carried over: {_assignments(dropped)}. Give {them} again to keep {them}"
+    return f"{line}."
+
+
+def _assignments(values: dict[str, object]) -> str:
+    return ", ".join(f"{name}={_short(value)}" for name, value in values.items())
 
 
 class _Parser(LightningArgumentParser):
@@ -440,15 +661,34 @@ def _unknown_class_option(field: str, class_path: str, option: str) -> str:
 
 def _class_options(class_path: str) -> list[str]:
     """The arguments a class takes on the command line (its constructor's, through ``**kwargs`` too)."""
+    parser = _class_parser(class_path)
+    if parser is None:  # only the hint is lost
+        return []
+    dests = [a.dest.split(".", 1)[0] for a in parser._actions if a.dest not in ("help", "config")]
+    return sorted(set(dests), key=dests.index)
+
+
+def _class_defaults(class_path: str) -> tuple[Namespace, set[str]]:
+    """A class's constructor defaults as jsonargparse reads them, and its required arguments (empty when
+    the class does not import)."""
+    parser = _class_parser(class_path)
+    try:
+        defaults = parser.get_defaults()
+    except Exception:  # no parser, or a default that does not validate: nothing is reset
+        return Namespace(), set()
+    return defaults, {action.dest for action in parser._actions if action.required}
+
+
+def _class_parser(class_path: str) -> ArgumentParser | None:
+    """A parser of a class's constructor arguments; None when the class does not import or parse."""
     try:
         module_name, name = class_path.rsplit(".", 1)
         cls = getattr(importlib.import_module(module_name), name)
         parser = ArgumentParser(exit_on_error=False)
         parser.add_class_arguments(cls, fail_untyped=False)
-    except Exception:  # only the hint is lost
-        return []
-    dests = [a.dest.split(".", 1)[0] for a in parser._actions if a.dest not in ("help", "config")]
-    return sorted(set(dests), key=dests.index)
+    except Exception:
+        return None
+    return parser
 
 
 class LightningSeqCLI(LightningCLI):
@@ -498,7 +738,14 @@ class LightningSeqCLI(LightningCLI):
         if isinstance(args, dict):  # LightningCLI(args={...}) from Python
             self.config = parser.parse_object(args)
             return
-        self.config = parser.parse_args(with_checkpoint_model(list(sys.argv[1:] if args is None else args)))
+        given = list(sys.argv[1:] if args is None else args)
+        argv = with_checkpoint_model(given)
+        from_checkpoint = {i: "from --ckpt_path" for i, arg in enumerate(argv) if arg not in given}
+        argv, lines = drop_carried_arguments(parser, argv, from_checkpoint)
+        if rank_zero_only.rank == 0:  # one line per run, not one per DDP process
+            for line in lines:
+                print(line, file=sys.stderr)
+        self.config = parser.parse_args(argv)
 
     def _parse_ckpt_path(self) -> None:
         """Done in :meth:`parse_arguments`, so that command-line overrides beat the checkpoint."""

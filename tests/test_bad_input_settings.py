@@ -67,7 +67,7 @@ CASES = {  # case: (arguments, what the one error line says)
     ),
     "not a choice": (
         ["--model.init_args.lr_schedule=linear"],
-        "'linear' is not one of cosine, constant. Fix:",
+        "'linear' is not one of cosine, constant, plateau. Fix:",
     ),
     "not a choice in a dataclass": (
         ["--model.init_args.generation.strategy=beamz"],
