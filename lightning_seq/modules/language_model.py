@@ -106,8 +106,14 @@ class LanguageModel(TokenizersInCheckpoints, NetModule):
             new = self.generate_tokens(prompt, config).tolist()  # (G, n)
             for i, ids in zip(rows, new, strict=True):
                 ids = ids[: ids.index(eos)] if eos in ids else ids
-                outputs[i] = texts[i] + self.tokenizer.decode(ids)
+                outputs[i] = texts[i] + self._continuation(encoded[i], ids)
         return outputs
+
+    def _continuation(self, prompt: list[int], new: list[int]) -> str:
+        """The text of ``new`` ids after ``prompt`` ids: what decoding both adds to the prompt's own
+        text, so that a tokenizer that joins words with spaces puts one before the first new word."""
+        whole, head = self.tokenizer.decode([*prompt, *new]), self.tokenizer.decode(prompt)
+        return whole[len(head) :] if whole.startswith(head) else self.tokenizer.decode(new)
 
     def predict_step(self, batch: list[str], batch_idx: int) -> list[str]:
         return self.generate(batch)
