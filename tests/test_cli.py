@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from clitools import (
     CSV_ONLY,
@@ -93,6 +94,42 @@ def test_help_of_every_entry_point(tmp_path):
         out = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         assert all(sub in out.stdout for sub in ("fit", "validate", "test", "predict"))
+
+
+def test_the_classic_word_lm_fragment_trains_on_pre_tokenized_split_files(cli, tmp_path):
+    """word_gru.yaml + word_lm_classic.yaml on a Penn Treebank-style folder (ptb.train.txt, ...): the tokens
+    are the files' words and line ends, the fragment's SGD keeps none of the recipe's AdamW settings (and
+    says so), and the plateau schedule's state is in the checkpoint."""
+    import random
+
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(200)] + ["<unk>", "N", "@-@", "'s"]
+    data = tmp_path / "ptb"
+    data.mkdir()
+    for split, lines in (("train", 600), ("valid", 60), ("test", 60)):
+        rows = [" ".join(rng.choices(words, k=rng.randint(3, 15))) for _ in range(lines)]
+        (data / f"ptb.{split}.txt").write_text("".join(f" {row} \n" for row in rows))
+    recipe, fragment = (
+        str(REPO / "recipes" / n) for n in ("word_gru.yaml", "fragments/word_lm_classic.yaml")
+    )
+    result = ok(cli(
+        "fit", "--config", recipe, "--config", fragment, "--config", CSV_ONLY,
+        f"--data.init_args.source={data}", "--trainer.max_epochs=2", "--trainer.enable_progress_bar=false",
+        "--model.init_args.net.init_args.hidden_size=32", "--model.init_args.net.init_args.embed_dim=16",
+        cwd=tmp_path,
+    ))  # fmt: skip
+    switched = [line for line in result.stderr.splitlines() if "replaces torch.optim.AdamW" in line]
+    assert len(switched) == 1 and "not carried over: weight_decay=0.05." in switched[0], result.stderr[-2000:]
+    run = run_dir(tmp_path, "lightning_logs")
+    optimizer = yaml.safe_load((run / "config.yaml").read_text())["model"]["init_args"]["optimizer"]
+    assert optimizer["class_path"] == "torch.optim.SGD"
+    assert (optimizer["init_args"]["lr"], optimizer["init_args"]["weight_decay"]) == (20.0, 0.0)
+    vocab = json.loads((run / "tokenizer.json").read_text())["model"]["vocab"]
+    train_words = set((data / "ptb.train.txt").read_text().split())
+    assert set(vocab) == train_words | {"<|pad|>", "<|bos|>", "<|eos|>"}  # the corpus's <unk> is ours
+    checkpoint = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert checkpoint["lr_schedulers"][0]["factor"] == 0.25 and "best" in checkpoint["lr_schedulers"][0]
+    assert "val/ppl" in metric_columns(run)
 
 
 def test_print_config_resolves_recipes_and_overrides(cli, tmp_path):
