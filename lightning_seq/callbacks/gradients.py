@@ -4,7 +4,8 @@ from typing import Literal
 
 import lightning as L
 import torch
-from torch.nn.utils import get_total_norm
+from lightning.pytorch.plugins.precision import Precision
+from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 
 from lightning_seq.errors import InputError
 
@@ -79,10 +80,25 @@ class GradientClipping(L.Callback):
             if self._steps.get(name):
                 share = self._clipped.pop(name) / self._steps.pop(name)
                 pl_module.log(f"train/grad_clipped{name}", share, on_step=True, on_epoch=False)
-        if self.clip_val is not None:
+        if clip_by_norm and _plain_clipping(trainer, pl_module):  # the norm is known: no second pass
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            clip_grads_with_norm_(params, self.clip_val, norm)
+        elif self.clip_val is not None:
             pl_module.clip_gradients(
                 optimizer, gradient_clip_val=self.clip_val, gradient_clip_algorithm=self.algorithm
             )
+
+
+def _plain_clipping(trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+    """Whether clipping by norm is Lightning's plain ``clip_grad_norm_`` over the local gradients (not a
+    sharded strategy's, nor a module's own), which the norm this callback computed can save a pass of."""
+    precision = type(trainer.precision_plugin)
+    return (
+        precision.clip_gradients is Precision.clip_gradients
+        and precision.clip_grad_by_norm is Precision.clip_grad_by_norm
+        and type(pl_module).clip_gradients is L.LightningModule.clip_gradients
+        and type(pl_module).configure_gradient_clipping is L.LightningModule.configure_gradient_clipping
+    )
 
 
 def _optimizer_suffix(trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> str:
