@@ -112,9 +112,12 @@ def trainer_epoch(owner: L.LightningDataModule) -> Callable[[], int]:
     return lambda: owner.trainer.current_epoch if owner.trainer is not None else 0
 
 
-def batched_loader(datamodule: L.LightningDataModule, dataset: Dataset, shuffle: bool, collate_fn=None):
+def batched_loader(
+    datamodule: L.LightningDataModule, dataset: Dataset, shuffle: bool, collate_fn=None, batch_size=None
+):
     """The map-style loader the DataModules share: this rank's share of a ``(seed, epoch)`` permutation
-    (natural order for evaluation), ``datamodule.batch_size`` items per batch, resumable mid-epoch.
+    (natural order for evaluation), ``batch_size`` (default ``datamodule.batch_size``) items per
+    batch, resumable mid-epoch.
 
     Training drops the last incomplete batch; the DataModule provides ``batch_size``, ``seed`` and
     ``num_workers``.
@@ -122,7 +125,7 @@ def batched_loader(datamodule: L.LightningDataModule, dataset: Dataset, shuffle:
     rank, world = rank_and_world(datamodule.trainer)
     return ResumableLoader(
         dataset,
-        batch_size=datamodule.batch_size,
+        batch_size=batch_size or datamodule.batch_size,
         sampler=ResumableSampler(dataset, shuffle, datamodule.seed, rank, world, drop_last=shuffle),
         drop_last=shuffle,
         collate_fn=collate_fn,

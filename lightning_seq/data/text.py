@@ -135,6 +135,8 @@ class TextDataModule(CachedDataModule):
         train_stride: window mode: a training window starts every ``train_stride`` tokens; None
             for ``block_size`` (non-overlapping), 1 for every offset. Evaluation windows never overlap.
         batch_size: sequences per batch on each device.
+        eval_batch_size: sequences per validation and test batch (streams, in stream mode); None for
+            ``batch_size``. Fewer, longer streams lose less to each stream's cold start.
         val_fraction: share of the corpus carved off for validation when the source has no such split.
         test_fraction: likewise for test; 0 for no test split (``lightning test`` then has no data).
         num_workers: DataLoader worker processes (window mode; stream mode reads a memory map in-process).
@@ -157,6 +159,7 @@ class TextDataModule(CachedDataModule):
         block_size: int = 128,
         train_stride: int | None = None,
         batch_size: int = 32,
+        eval_batch_size: int | None = None,
         val_fraction: float = 0.05,
         test_fraction: float = 0.05,
         num_workers: int = 0,
@@ -170,7 +173,10 @@ class TextDataModule(CachedDataModule):
         self.save_hyperparameters()
         plain_hparams(self)
         self.tokenizer_config = tokenizer or TokenizerConfig()
-        _check_positive(block_size=block_size, batch_size=batch_size, train_stride=train_stride or 1)
+        _check_positive(
+            block_size=block_size, batch_size=batch_size, train_stride=train_stride or 1,
+            eval_batch_size=eval_batch_size or 1,
+        )  # fmt: skip
         if mode not in ("stream", "window"):
             raise InputError(f"data.mode: unknown mode '{mode}'; expected 'stream' or 'window'.")
         if not 0.0 < val_fraction < 0.5:
@@ -180,6 +186,7 @@ class TextDataModule(CachedDataModule):
         self.source, self.text_column, self.dataset_config = source, text_column, dataset_config
         self.dataset_splits = dataset_splits
         self.mode, self.block_size, self.batch_size = mode, block_size, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.num_workers, self.seed = num_workers, seed
         self.train_stride = train_stride
@@ -293,23 +300,28 @@ class TextDataModule(CachedDataModule):
                 f"data.block_size: the {split} split has {n} tokens, fewer than block_size + 1 = "
                 f"{self.block_size + 1}. Fix: lower data.block_size or use a larger corpus."
             )
-        per_stream = (n - 1) // (self.batch_size * world)
+        batch_size = self._batch_size(split)
+        per_stream = (n - 1) // (batch_size * world)
         need = self.block_size if split == "train" else 1  # evaluation takes shorter streams
         if self.mode == "stream" and per_stream < need:
+            which = "batch_size" if split == "train" else "eval_batch_size"
             raise InputError(
                 f"data.block_size: the {split} split has {n} tokens: {per_stream} per stream for "
-                f"{self.batch_size} x {world} streams, fewer than {need} (block_size = {self.block_size}). "
-                "Fix: lower data.block_size or data.batch_size, or use a larger corpus."
+                f"{batch_size} x {world} streams, fewer than {need} (block_size = {self.block_size}). "
+                f"Fix: lower data.block_size or data.{which}, or use a larger corpus."
             )
+
+    def _batch_size(self, split: str) -> int:
+        return self.batch_size if split == "train" else self.eval_batch_size
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         tokens = self.tokens(split)
         rank, world = rank_and_world(self.trainer)
         if self.mode == "stream":
-            streams = TokenStreams(tokens, self.batch_size, self.block_size, rank, world)
+            streams = TokenStreams(tokens, self._batch_size(split), self.block_size, rank, world)
             return ResumableLoader(streams, batch_size=None, seed=self.seed, epoch=trainer_epoch(self))
         windows = TokenWindows(tokens, self.block_size, self.train_stride if split == "train" else None)
-        return batched_loader(self, windows, shuffle)
+        return batched_loader(self, windows, shuffle, batch_size=self._batch_size(split))
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(self.prompts, batch_size=len(self.prompts), collate_fn=list)

@@ -107,6 +107,21 @@ def test_dataloaders_in_both_modes(corpus_file):
     assert next(iter(window.val_dataloader())).shape[1] == 33
 
 
+@pytest.mark.parametrize("mode", ["stream", "window"])
+def test_evaluation_has_its_own_batch_size(corpus_file, mode):
+    """eval_batch_size: validation and test cut into that many streams (the reference word LM evaluates
+    on 10 while training on 20); training keeps batch_size."""
+    dm = TextDataModule(source=str(corpus_file), batch_size=4, eval_batch_size=2, block_size=8, mode=mode)
+    dm.setup("fit")
+    dm.setup("test")
+    assert next(iter(dm.train_dataloader())).shape == (4, 9)
+    for split, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
+        batches = list(loader)
+        assert batches[0].shape == (2, 9)
+        if mode == "stream":  # the two streams cover the split: half its tokens each
+            assert sum(b.shape[1] - 1 for b in batches) == (len(dm.tokens(split)) - 1) // 2
+
+
 # ------------------------------------------------------------------------------- bad input
 def test_block_size_larger_than_the_corpus(corpus_file):
     dm = TextDataModule(source=str(corpus_file), mode="window", block_size=100_000)
