@@ -66,7 +66,7 @@ from lightning_seq.loggers import SaveConfig
 from lightning_seq.modules import NetModule
 from lightning_seq.runs import plan_evaluation, plan_fit, remove_leftovers, runs_folder, slurm_job
 from lightning_seq.slurm import check_slurm_tasks, submit
-from lightning_seq.utils import run_dir
+from lightning_seq.utils import keep_freed_memory, run_dir
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "submit")
 
@@ -809,6 +809,7 @@ class LightningSeqCLI(LightningCLI):
 def main(args: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (2 for bad input, with a one-line message; 3 when a run
     stopped on Slurm's requeue signal after saving its checkpoint)."""
+    keep_freed_memory()
     _quiet_third_party_notices()
     argv = sys.argv[1:] if args is None else args
     in_slurm = slurm_job() is not None

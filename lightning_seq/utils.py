@@ -1,5 +1,8 @@
 """Small helpers shared by the data, callback and CLI code."""
 
+import ctypes
+import ctypes.util
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -54,3 +57,33 @@ def evaluating(module: nn.Module) -> Iterator[None]:
     finally:
         for m, training in modes:
             m.training = training
+
+
+# mallopt's parameters (malloc.h) and the values keep_freed_memory sets
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_KEEP = {_M_MMAP_THRESHOLD: 1 << 30, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20}
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's malloc keep freed memory for the next allocation instead of giving it back at once.
+
+    A CPU training step allocates and frees the same large tensors every time (a batch's logits over a
+    vocabulary, their gradients: tens of MB each). glibc serves a block over 32 MB with fresh pages
+    from the system and returns them when it is freed, so every step pays a page fault and a zero fill
+    per 4 KB: a third of a word-level LSTM step on 2 cores (benchmarks/RESULTS.md). With blocks up to
+    1 GB taken from the heap, and the heap kept until 1 GB of it is free, a step reuses the last step's
+    memory. The price: the process keeps the memory of its largest step. The command line calls this
+    at start; ``LIGHTNING_SEQ_MALLOC=system`` leaves malloc as it is.
+
+    Returns:
+        Whether the settings were made (False where the C library is not glibc, or when opted out).
+    """
+    if os.environ.get("LIGHTNING_SEQ_MALLOC", "").lower() == "system":
+        return False
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
+        return False
+    return all(mallopt(param, value) == 1 for param, value in _KEEP.items())
