@@ -1,7 +1,6 @@
 """Small helpers shared by the data, callback and CLI code."""
 
 import ctypes
-import ctypes.util
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,10 +79,8 @@ def keep_freed_memory() -> bool:
     """
     if os.environ.get("LIGHTNING_SEQ_MALLOC", "").lower() == "system":
         return False
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (macOS, musl without mallopt, Windows)
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already has loaded
+    except (OSError, AttributeError, TypeError):  # no mallopt (macOS), or no such handle (Windows)
         return False
     return all(mallopt(param, value) == 1 for param, value in _KEEP.items())
