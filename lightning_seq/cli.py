@@ -844,8 +844,14 @@ def _run(argv: list[str], args: list[str] | None) -> int:
 
 
 def _quiet_third_party_notices() -> None:
-    """Hide notices that are not about the user's run (an advert, a torch/Lightning deprecation)."""
+    """Hide notices that are not about the user's run (an advert, a torch/Lightning deprecation, and
+    outside a Slurm allocation Lightning's hint to launch with ``srun``, which it gives wherever Slurm
+    is installed)."""
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    if "SLURM_JOB_ID" not in os.environ:
+        warnings.filterwarnings(
+            "ignore", message="The `srun` command is available on your system but is not used"
+        )
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not str(record.msg).startswith("💡 Tip")
     )

@@ -207,3 +207,23 @@ def test_sweep_array_trains_one_line_of_overrides_per_task(slurm_cluster, tmp_pa
         assert _last(run)["global_step"] == 5
         config = (run / "config.yaml").read_text()
         assert f"lr: {lr}" in config, config
+
+
+def test_outside_a_slurm_allocation_there_is_no_hint_to_launch_with_srun(
+    slurm_cluster, cli, tmp_path, monkeypatch
+):
+    """Lightning warns that ``srun`` "is available on your system but is not used" wherever Slurm is
+    installed; outside an allocation that is noise on every command, so the command line drops it."""
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    for name in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    with pytest.warns(UserWarning, match="`srun` command is available"):  # Lightning's own, here
+        SLURMEnvironment._validate_srun_used()
+    fragments = REPO / "recipes" / "fragments"
+    result = cli(
+        "fit", "--config", RECIPE, "--config", str(fragments / "smoke.yaml"),
+        "--config", str(fragments / "csv_only.yaml"), cwd=tmp_path, env={"PYTHONWARNINGS": "default"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "`srun` command is available" not in result.stderr
