@@ -35,7 +35,7 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -51,7 +51,7 @@ from lightning_seq.callbacks.fault_tolerance import (
     RunIdentity,
     listen_for,
 )
-from lightning_seq.callbacks.progress import StepProgressBar
+from lightning_seq.callbacks.progress import NetSummary, StepProgressBar
 from lightning_seq.checkpointing import (
     AtomicCheckpointIO,
     checkpoint_class,
@@ -852,8 +852,9 @@ def _quiet_third_party_notices() -> None:
         warnings.filterwarnings(
             "ignore", message="The `srun` command is available on your system but is not used"
         )
+    noise = ("💡 Tip", "Trainer already configured with model summary callbacks")  # an advert; NetSummary
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip")
+        lambda record: not str(record.msg).startswith(noise)
     )
 
 
@@ -1116,7 +1117,8 @@ def _config_value(config: object, key: str) -> str | None:
 
 def _default_callbacks(config: dict, callbacks: list[Callback]) -> list[Callback]:
     """What ``fit`` adds unless the recipe has its own: the NaN/Inf guard, the requeue on Slurm's signal,
-    the W&B run id keeper, and (unless the bar is off) the progress bar that counts steps."""
+    the W&B run id keeper, and (unless they are off) the progress bar that counts steps and the model
+    summary without FLOPs that nothing counted."""
     given = config.get("callbacks") or []
     present = [*(given if isinstance(given, list) else [given]), *callbacks]
     kinds = {type(c) for c in present}
@@ -1124,6 +1126,9 @@ def _default_callbacks(config: dict, callbacks: list[Callback]) -> list[Callback
     has_bar = any(isinstance(c, ProgressBar) for c in present)
     if config.get("enable_progress_bar") is not False and not has_bar:
         added.append(StepProgressBar())  # "step 1019/1400" rather than "Epoch 13/-2"
+    has_summary = any(isinstance(c, ModelSummary) for c in present)
+    if config.get("enable_model_summary") is not False and not has_summary:
+        added.append(NetSummary())  # no "Total FLOPs: 0"
     return added
 
 

@@ -132,6 +132,14 @@ def test_the_classic_word_lm_fragment_trains_on_pre_tokenized_split_files(cli, t
     assert "val/ppl" in metric_columns(run)
 
 
+def test_the_model_summary_leaves_out_flops_that_nothing_counted(cli, tmp_path):
+    """Lightning counts FLOPs only for a module with an example_input_array and reports 0 otherwise."""
+    result = ok(cli("fit", *QUIET_CHAR_LSTM, "--config", SMOKE, "--trainer.max_steps=1", cwd=tmp_path))
+    assert "Total params" in result.stdout and "RNNLM" in result.stdout
+    assert "FLOPs" not in result.stdout + result.stderr
+    assert "already configured with model summary" not in result.stdout + result.stderr
+
+
 def test_print_config_resolves_recipes_and_overrides(cli, tmp_path):
     args = ["fit", *QUIET_CHAR_LSTM, "--model.init_args.optimizer.init_args.lr=0.01"]
     config = yaml.safe_load(ok(cli(*args, "--print_config", cwd=tmp_path)).stdout)

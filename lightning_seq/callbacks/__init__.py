@@ -1,14 +1,14 @@
 """Callbacks shared by every family: gradient clipping/monitoring, perplexity, sample generation,
 labelled image grids, generative image samples and their quality (FID, KID, conditional accuracy),
-fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run id) and a progress bar that counts
-steps when ``max_steps`` ends the run."""
+fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run id), a progress bar that counts
+steps when ``max_steps`` ends the run and a model summary without uncounted FLOPs."""
 
 from lightning_seq.callbacks.elbo import ELBOLogging
 from lightning_seq.callbacks.fault_tolerance import NonFiniteLoss, RequeueOnSignal, RunIdentity
 from lightning_seq.callbacks.gradients import GradientClipping
 from lightning_seq.callbacks.images import ImagePredictions, ImageSamples
 from lightning_seq.callbacks.perplexity import Perplexity, TokenNLL
-from lightning_seq.callbacks.progress import StepProgressBar
+from lightning_seq.callbacks.progress import NetSummary, StepProgressBar
 from lightning_seq.callbacks.quality import FeatureNetTraining, SampleQuality
 from lightning_seq.callbacks.samples import SampleGeneration
 
@@ -18,6 +18,7 @@ __all__ = [
     "GradientClipping",
     "ImagePredictions",
     "ImageSamples",
+    "NetSummary",
     "NonFiniteLoss",
     "Perplexity",
     "RequeueOnSignal",

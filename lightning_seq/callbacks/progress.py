@@ -1,11 +1,15 @@
-"""Lightning's rich progress bar, counting steps when ``max_steps`` is what ends the run."""
+"""What the console shows of a run: Lightning's rich progress bar, counting steps when ``max_steps`` is
+what ends the run, and its model summary without FLOPs that were never counted."""
 
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import BatchesProcessedColumn
+from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
+from rich.console import Console
 from rich.progress import Task
+from rich.table import Table
 from rich.text import Text
 
 
@@ -79,3 +83,49 @@ class StepProgressBar(RichProgressBar):
             visible=True,
             epoch=trainer.current_epoch,
         )
+
+
+class NetSummary(RichModelSummary):
+    """Lightning's :class:`~lightning.pytorch.callbacks.RichModelSummary`, without its FLOPs column and
+    ``Total FLOPs`` line when they are all 0: Lightning counts FLOPs only for a module that sets an
+    ``example_input_array``, and otherwise reports 0 for every row. The command line uses it in
+    ``fit`` unless the recipe configures a summary of its own or turns it off. Takes its arguments.
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        if total_flops:
+            RichModelSummary.summarize(
+                summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                total_flops, **summarize_kwargs,
+            )  # fmt: skip
+            return
+        columns = [(name, values) for name, values in summary_data if name != "FLOPs"]
+        table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
+        for name, _ in columns:
+            numeric = name.startswith("Params") or name in ("In sizes", "Out sizes")
+            table.add_column(
+                name or " ", justify="right" if numeric else "left", style="dim" if not name else None
+            )
+        for row in zip(*(values for _, values in columns), strict=True):
+            table.add_row(*row)
+        console = Console()
+        console.print(table)
+        totals = {
+            "Trainable params": get_human_readable_count(int(trainable_parameters)),
+            "Non-trainable params": get_human_readable_count(int(total_parameters - trainable_parameters)),
+            "Total params": get_human_readable_count(int(total_parameters)),
+            "Total estimated model params size (MB)": get_formatted_model_size(model_size),
+            "Modules in train mode": total_training_modes["train"],
+            "Modules in eval mode": total_training_modes["eval"],
+        }
+        for name, value in totals.items():
+            console.print(f"[bold]{name}[/]: {value}")
