@@ -5,7 +5,8 @@ CSVLogger that a resumed run appends to.
 ``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, or an entry for the W&B host in ``~/.netrc`` (what
 ``wandb login`` writes). ``WANDB_MODE`` (``online``/``offline``/``disabled``) and an explicit
 ``offline`` argument take precedence. Offline runs are written under ``<save_dir>/wandb/`` and can be
-uploaded later with ``wandb sync``.
+uploaded later with ``wandb sync``; offline, W&B's own console lines are silenced (``WANDB_SILENT``)
+unless ``WANDB_SILENT`` or ``WANDB_QUIET`` is set already.
 
 :class:`SaveConfig` is the CLI's config saver: Lightning's ``config.yaml`` in the run folder, and the
 same resolved config as the config (and a file) of every W&B run of the trainer; it also marks the
@@ -134,6 +135,10 @@ class WandbLogger(_WandbLogger):
             offline = _offline_by_default(save_dir)
         if offline:
             log_model = False  # artifacts need a server
+            if not {"WANDB_SILENT", "WANDB_QUIET"} & os.environ.keys():
+                # W&B's own 7 lines only repeat where the run is and how to sync it (our line says it).
+                # Its run settings do not reach the lines printed at exit; the variable does.
+                os.environ["WANDB_SILENT"] = "true"
         Path(save_dir).mkdir(parents=True, exist_ok=True)
         super().__init__(
             name=name, save_dir=save_dir, project=project, offline=offline, log_model=log_model, id=id,

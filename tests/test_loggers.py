@@ -4,6 +4,7 @@ run, sweeps; real offline runs read back from their files."""
 import json
 import logging
 import random
+import re
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -404,3 +405,17 @@ def test_sweep_agent_command_parses_with_the_swept_values(cli, tmp_path, monkeyp
     config = yaml.safe_load(ok(cli(*command[2:], "--print_config", cwd=REPO)).stdout)
     for name, value in values.items():
         assert at(config, name) == value, name
+
+
+@pytest.mark.parametrize(("user_setting", "wandb_lines"), [({}, False), ({"WANDB_SILENT": "false"}, True)])
+def test_offline_wandb_keeps_quiet_unless_the_user_sets_its_verbosity(
+    cli, tmp_path, user_setting, wandb_lines
+):
+    """Offline, W&B's own console lines (where the run is, how to sync it) are silenced; a user who sets
+    WANDB_SILENT or WANDB_QUIET gets what they asked for."""
+    result = ok(cli("fit", "--config", str(REPO / "recipes" / "char_lstm.yaml"), "--config", SMOKE,
+                    "--trainer.max_steps=1", cwd=tmp_path, env=user_setting))  # fmt: skip
+    output = re.sub(r"\x1b\[[0-9;]*m", "", result.stdout + result.stderr)
+    lines = [line for line in output.splitlines() if line.startswith("wandb:")]
+    assert bool(lines) == wandb_lines, lines
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*/run-*.wandb"))  # the run is written
