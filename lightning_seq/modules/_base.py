@@ -211,9 +211,8 @@ class NetModule(L.LightningModule):
         this validation is written, so that it holds the cut)."""
         if not self._fitting() or self.trainer.sanity_checking:
             return
-        schedulers = self.lr_schedulers() if self.trainer.lr_scheduler_configs else None
-        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
-        plateaus = [s for s in schedulers if isinstance(s, PlateauLR)]
+        configs = self.trainer.lr_scheduler_configs
+        plateaus = [c.scheduler for c in configs if isinstance(c.scheduler, PlateauLR)]
         if not plateaus:
             return
         loss = self.trainer.callback_metrics.get("val/loss")

@@ -177,6 +177,11 @@ def _optimizer_class(optimizer: OptimizerFactory) -> str | None:
     return None
 
 
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The linear warmup's multiplier of the peak rate at ``step``: ``(step + 1) / warmup``, then 1."""
+    return (step + 1) / warmup_steps if step < warmup_steps else 1.0
+
+
 def lr_lambda(
     warmup_steps: int, total_steps: int, schedule: Schedule, min_lr_ratio: float
 ) -> Callable[[int], float]:
@@ -186,10 +191,8 @@ def lr_lambda(
     check_schedule(warmup_steps, min_lr_ratio, schedule)
 
     def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        if schedule != "cosine":
-            return 1.0
+        if step < warmup_steps or schedule != "cosine":
+            return warmup_factor(step, warmup_steps)
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -210,9 +213,8 @@ class PlateauLR(torch.optim.lr_scheduler.LRScheduler):
         super().__init__(optimizer)
 
     def get_lr(self) -> list[float]:
-        step = self.last_epoch
-        warm = (step + 1) / self.warmup_steps if step < self.warmup_steps else 1.0
-        return [base * warm * self.scale for base in self.base_lrs]
+        factor = warmup_factor(self.last_epoch, self.warmup_steps) * self.scale
+        return [base * factor for base in self.base_lrs]
 
     def observe(self, loss: float) -> bool:
         """Take a validation loss; returns whether the rate was cut (from the next step on)."""
