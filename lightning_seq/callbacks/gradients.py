@@ -57,7 +57,8 @@ class GradientClipping(L.Callback):
     def on_before_optimizer_step(
         self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        grads = [p.grad for p in params]
         if not grads:
             return
         # the loggers' cadence, as Lightning's own LearningRateMonitor and DeviceStatsMonitor ask it
@@ -81,7 +82,6 @@ class GradientClipping(L.Callback):
                 share = self._clipped.pop(name) / self._steps.pop(name)
                 pl_module.log(f"train/grad_clipped{name}", share, on_step=True, on_epoch=False)
         if clip_by_norm and _plain_clipping(trainer, pl_module):  # the norm is known: no second pass
-            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
             clip_grads_with_norm_(params, self.clip_val, norm)
         elif self.clip_val is not None:
             pl_module.clip_gradients(

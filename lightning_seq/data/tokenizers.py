@@ -241,9 +241,9 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
     The unknown token is the model's own when it names one (``<unk>`` for the ``whitespace`` kind)."""
     names = ("pad", "unk", "bos", "eos")
     ids = {name: tokenizer.token_to_id(token) for name, token in zip(names, SPECIAL_TOKENS, strict=True)}
-    unk = getattr(tokenizer.model, "unk_token", None)
-    if unk and tokenizer.token_to_id(unk) is not None:
-        ids["unk"] = tokenizer.token_to_id(unk)
+    own_unk = tokenizer.token_to_id(getattr(tokenizer.model, "unk_token", None) or UNK)
+    if own_unk is not None:
+        ids["unk"] = own_unk
     return ids
 
 
