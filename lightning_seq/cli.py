@@ -311,14 +311,17 @@ def drop_carried_arguments(
 
 
 def _names_change(sources: list[tuple[int, Settings]]) -> bool:
-    """Whether the settings give some key nested in the model or the data two different names (a class,
-    or any other string): the only way a nested class can be switched."""
+    """Whether the settings give some key nested in the model or the data two different names, where that
+    key also has settings of its own (a class_path or init_args): the only way a switch of a nested class
+    can carry arguments over. (A plain string setting changed, ``lr_schedule``, costs no parse.)"""
+    keys = {key for _, settings in sources for key in settings}
     named: dict[str, str] = {}
     for _, settings in sources:
         for key, (value, _) in settings.items():
             key = key.removesuffix(".class_path")
             nested = "." in key and key.split(".", 1)[0] in ("model", "data")
-            if nested and isinstance(value, str) and named.setdefault(key, value) != value:
+            has_own = any(other.startswith(f"{key}.") for other in keys)
+            if nested and has_own and isinstance(value, str) and named.setdefault(key, value) != value:
                 return True
     return False
 
