@@ -22,6 +22,12 @@ Images of autoregressive models are drawn the same way, value by value, by :func
 ``logits_fn(images, labels) -> params`` function (:mod:`lightning_seq.decoding.pixels`), with the same
 temperature / top-k / top-p filter.
 
+Images of diffusion models are drawn from noise by the samplers of :mod:`lightning_seq.decoding.diffusion`
+over a ``denoise(x_t, t, cond) -> prediction`` function (the noise, ``x0`` or ``v``) and a
+:class:`NoiseSchedule`: :func:`ddpm_sample` takes every step of the reverse chain, :func:`ddim_sample` an
+evenly spaced subset (deterministic at ``eta = 0``), and :func:`classifier_free_guidance` wraps ``denoise`` so
+that each step mixes the conditional and the null-class prediction in one batched call.
+
 Example::
 
     def step(tokens, state):
@@ -33,17 +39,41 @@ Example::
 
 from lightning_seq.decoding.beam import beam_search
 from lightning_seq.decoding.config import GenerationConfig, generate
+from lightning_seq.decoding.diffusion import (
+    Denoiser,
+    NoiseSchedule,
+    Parameterization,
+    ScheduleKind,
+    Variance,
+    classifier_free_guidance,
+    ddim_sample,
+    ddim_sigma,
+    ddim_timesteps,
+    ddpm_sample,
+    diffusion_sample,
+)
 from lightning_seq.decoding.pixels import LogitsFn, sample_pixels
 from lightning_seq.decoding.state import State, StepFn, detach_state, map_state, repeat_state, select_state
 from lightning_seq.decoding.strategies import filter_logits, greedy, sample
 
 __all__ = [
+    "Denoiser",
     "GenerationConfig",
     "LogitsFn",
+    "NoiseSchedule",
+    "Parameterization",
+    "ScheduleKind",
     "State",
     "StepFn",
+    "Variance",
     "beam_search",
+    "classifier_free_guidance",
+    "ddim_sample",
+    "ddim_sigma",
+    "ddim_timesteps",
+    "ddpm_sample",
     "detach_state",
+    "diffusion_sample",
     "filter_logits",
     "generate",
     "greedy",
