@@ -26,7 +26,12 @@ from lightning_seq.layers.linear_attention import (
 )
 from lightning_seq.layers.masked_conv import GatedBlock, MaskedConv2d, raster_mask, shift_down
 from lightning_seq.layers.patches import PatchEmbedding, patch_grid
-from lightning_seq.layers.positions import LearnedPositions, SinusoidalPositions, sinusoidal_table
+from lightning_seq.layers.positions import (
+    LearnedPositions,
+    SinusoidalPositions,
+    sinusoidal_embedding,
+    sinusoidal_table,
+)
 from lightning_seq.layers.recurrent import (
     GRUCell,
     LSTMCell,
@@ -36,6 +41,15 @@ from lightning_seq.layers.recurrent import (
     gru_cell,
     lstm_cell,
     rnn_tanh_cell,
+)
+from lightning_seq.layers.resblocks import (
+    Downsample,
+    ResBlock,
+    SpatialSelfAttention,
+    TimeEmbedding,
+    Upsample,
+    group_count,
+    group_norm,
 )
 from lightning_seq.layers.transformer import (
     DropPath,
@@ -62,6 +76,7 @@ __all__ = [
     "AdditiveAttention",
     "ClassConditionalBatchNorm",
     "CrossProcessBatchNorm",
+    "Downsample",
     "DropPath",
     "FeedForward",
     "GRUCell",
@@ -77,13 +92,17 @@ __all__ = [
     "RNNCell",
     "Recurrent",
     "RecurrentState",
+    "ResBlock",
     "SinusoidalPositions",
+    "SpatialSelfAttention",
     "SqueezeExcitation",
     "SwinBlock",
+    "TimeEmbedding",
     "TransformerBlock",
     "TransformerDecoder",
     "TransformerEncoder",
     "TransformerEncoderDecoder",
+    "Upsample",
     "WindowAttention",
     "attention_fused",
     "attention_reference",
@@ -91,6 +110,8 @@ __all__ = [
     "diagonal_normal_log_prob",
     "drop_path_rates",
     "elu_feature_map",
+    "group_count",
+    "group_norm",
     "gru_cell",
     "init_linear_",
     "kl_diagonal_standard",
@@ -105,6 +126,7 @@ __all__ = [
     "rnn_tanh_cell",
     "shift_down",
     "shifted_window_mask",
+    "sinusoidal_embedding",
     "sinusoidal_table",
     "standard_normal_log_prob",
     "sync_batch_norm",

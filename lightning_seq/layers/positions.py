@@ -14,22 +14,39 @@ from torch import Tensor, nn
 from lightning_seq.errors import InputError
 
 
-def sinusoidal_table(length: int, dim: int) -> Tensor:
-    """The fixed encodings of Vaswani et al. (2017), ``(length, dim)``.
+def sinusoidal_embedding(positions: Tensor, dim: int) -> Tensor:
+    """The sinusoids of Vaswani et al. (2017) at arbitrary positions, ``(N,) -> (N, dim)``.
 
     .. math::
-        PE_{pos, 2i} = \\sin\\big(pos / 10000^{2i/d}\\big), \\qquad
-        PE_{pos, 2i+1} = \\cos\\big(pos / 10000^{2i/d}\\big)
+        PE_{p, 2i} = \\sin\\big(p / 10000^{2i/d}\\big), \\qquad
+        PE_{p, 2i+1} = \\cos\\big(p / 10000^{2i/d}\\big)
+
+    The same columns (sine and cosine interleaved) and frequencies as :func:`sinusoidal_table`, for
+    positions that need not be ``0 ... T - 1``: diffusion timesteps, offsets, fractional positions.
+    Computed in float64 and returned as float32 on the positions' device.
+
+    Args:
+        positions: ``(N,)``, integer or float.
+        dim: Width ``d`` (odd widths drop the last cosine column).
+    """
+    pos = positions.to(torch.float64)[:, None]  # (N, 1)
+    exponents = torch.arange(0, dim, 2, dtype=torch.float64, device=positions.device)  # (ceil(d/2),)
+    inv_freq = torch.exp(exponents * (-math.log(10000.0) / dim))  # 10000^(-2i/d)
+    angles = pos * inv_freq  # (N, ceil(d/2))
+    table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (N, 2 ceil(d/2)) interleaved
+    return table[:, :dim].float()  # (N, d)
+
+
+def sinusoidal_table(length: int, dim: int) -> Tensor:
+    """The fixed encodings of Vaswani et al. (2017) for positions ``0 ... length - 1``, ``(length, dim)``.
+
+    :func:`sinusoidal_embedding` of ``arange(length)``.
 
     Args:
         length: Number of positions, ``0 ... length - 1``.
         dim: Width ``d`` (odd widths drop the last cosine column).
     """
-    pos = torch.arange(length, dtype=torch.float64)[:, None]  # (T, 1)
-    inv_freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10000.0) / dim))  # (d/2,)
-    angles = pos * inv_freq  # (T, ceil(d/2))
-    table = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1)  # (T, 2 ceil(d/2)) interleaved
-    return table[:, :dim].float()  # (T, d)
+    return sinusoidal_embedding(torch.arange(length), dim)  # (T, d)
 
 
 def _check_range(owner: str, offset: int, length: int, max_len: int | None) -> None:

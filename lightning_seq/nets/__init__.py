@@ -13,6 +13,7 @@ from lightning_seq.nets.sequence_classifier import (
 )
 from lightning_seq.nets.swin import Swin
 from lightning_seq.nets.transformer_lm import TransformerLM
+from lightning_seq.nets.unet import UNet
 from lightning_seq.nets.vae import VAE
 from lightning_seq.nets.vit import ViT
 
@@ -32,5 +33,6 @@ __all__ = [
     "TransformerLM",
     "TransformerSeq2Seq",
     "TransformerTagger",
+    "UNet",
     "ViT",
 ]
