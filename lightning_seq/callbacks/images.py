@@ -8,7 +8,9 @@ pass runs.
 
 :class:`ImageSamples`: every N steps and/or epochs, a grid of ``pl_module.sample(n)`` drawn with a
 fixed seed (one row per class for class-conditional models), saved to
-``<run dir>/samples/step_NNNNNN.png`` and logged to W&B as ``val/samples``.
+``<run dir>/samples/step_NNNNNN.png`` and logged to W&B as ``val/samples``; for a diffusion model also
+its denoising trajectory (``trajectory`` rows, noise to image from left to right), saved to
+``<run dir>/trajectory/`` and logged as ``val/trajectory``.
 
 Both draw on global rank zero only, with no collective operations inside, and share one tile grid
 (:func:`tile_grid`).
@@ -161,6 +163,9 @@ class ImageSamples(L.Callback):
         every_n_epochs: draw at the end of every this many training epochs (None: never by epochs).
         seed: seeds the ``torch.Generator`` handed to ``sample``.
         tile_size: each image is scaled up to about this many pixels a side.
+        trajectory: rows of the denoising trajectory grid, for models with ``denoising_trajectory``
+            (diffusion): each row one sample, ``trajectory_frames`` states from noise to the image; 0: none.
+        trajectory_frames: states per trajectory row (at least 2).
     """
 
     def __init__(
@@ -171,6 +176,8 @@ class ImageSamples(L.Callback):
         every_n_epochs: int | None = 1,
         seed: int = 0,
         tile_size: int = 64,
+        trajectory: int = 0,
+        trajectory_frames: int = 8,
     ):
         for name, value in (("num_images", num_images), ("per_class", per_class)):
             if value < 1:
@@ -180,6 +187,12 @@ class ImageSamples(L.Callback):
                 raise InputError(f"ImageSamples.{name}: expected a positive integer or null, got {value}.")
         if tile_size < 8:
             raise InputError(f"ImageSamples.tile_size: expected at least 8, got {tile_size}.")
+        if trajectory < 0 or trajectory_frames < 2:
+            raise InputError(
+                "ImageSamples.trajectory / trajectory_frames: expected rows >= 0 and frames >= 2, got "
+                f"{trajectory} and {trajectory_frames}."
+            )
+        self.trajectory, self.trajectory_frames = trajectory, trajectory_frames
         self.num_images, self.per_class = num_images, per_class
         self.every_n_steps, self.every_n_epochs = every_n_steps, every_n_epochs
         self.seed, self.tile_size = seed, tile_size
@@ -226,7 +239,25 @@ class ImageSamples(L.Callback):
         grid = tile_grid(images, cols, self.tile_size, captions)
         publish_grid(trainer, grid, "samples", "val/samples")
         self.last_grid = grid
+        self.draw_trajectory(trainer, pl_module)
         return grid
+
+    def draw_trajectory(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The denoising trajectory grid of a model that has ``denoising_trajectory`` (one row per sample,
+        the first ``trajectory`` classes' rows of a conditional model)."""
+        trajectory = getattr(pl_module, "denoising_trajectory", None)
+        if not self.trajectory or not callable(trajectory):
+            return
+        num_classes = getattr(pl_module, "num_classes", None)
+        labels = torch.arange(self.trajectory, device=pl_module.device) % num_classes if num_classes else None
+        generator = torch.Generator().manual_seed(self.seed)
+        frames = self.trajectory_frames
+        with evaluating(pl_module):
+            states = trajectory(self.trajectory, frames=frames, labels=labels, generator=generator)
+        rows = states.transpose(0, 1).flatten(0, 1)  # (F, n, C, H, W) -> (n * F, C, H, W): a row per sample
+        images = to_unit(trainer, pl_module, rows)
+        grid = tile_grid(images, frames, self.tile_size)
+        publish_grid(trainer, grid, "trajectory", "val/trajectory", "from noise (left) to image (right)")
 
 
 def to_unit(trainer: L.Trainer, pl_module: L.LightningModule, images: torch.Tensor) -> torch.Tensor:

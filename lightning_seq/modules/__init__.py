@@ -9,6 +9,7 @@ from lightning_seq.modules._base import NetModule, Optimization
 from lightning_seq.modules._generative import GenerativeModule
 from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
 from lightning_seq.modules.classifier import SequenceClassifier, SequenceTagger
+from lightning_seq.modules.diffusion import Diffusion
 from lightning_seq.modules.gan import GAN
 from lightning_seq.modules.image_classifier import ImageClassifier, load_classifier
 from lightning_seq.modules.language_model import LanguageModel
@@ -18,6 +19,7 @@ from lightning_seq.modules.vae import VariationalAutoencoder
 
 __all__ = [
     "GAN",
+    "Diffusion",
     "GenerativeModule",
     "ImageClassifier",
     "LanguageModel",

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from lightning_seq.data import pixels as px
 from lightning_seq.data.pixels import PIXELS, Pixels
 from lightning_seq.errors import InputError
 from lightning_seq.layers.likelihoods import bits_per_dim
@@ -50,7 +51,12 @@ class GenerativeModule(NetModule):
         self.num_classes = int(num_classes) if conditional else None
 
     def sample(
-        self, n: int, *, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
+        self,
+        n: int,
+        *,
+        labels: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        **options,
     ) -> torch.Tensor:
         """``n`` images ``(n, C, H, W)`` in the data's pixel convention, on this module's device.
 
@@ -58,15 +64,27 @@ class GenerativeModule(NetModule):
             n: how many.
             labels: ``(n,)`` class ids for a conditional model; default ``arange(n) % num_classes``.
             generator: the source of randomness; the same state gives the same images.
+            **options: a family's own sampling settings (a diffusion model's sampler and steps), handed to
+                :meth:`_sample`.
         """
         if n < 1:
             raise InputError(f"{type(self).__name__}.sample: expected n >= 1, got {n}.")
         labels = self._sample_labels(n, labels)
         with self.evaluating():
-            return self._sample(n, labels, generator)
+            return self._sample(n, labels, generator, **options)
 
-    def _sample(self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None) -> torch.Tensor:
+    def _sample(
+        self, n: int, labels: torch.Tensor | None, generator: torch.Generator | None, **options
+    ) -> torch.Tensor:
         raise NotImplementedError
+
+    def symmetric(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in the data's convention -> ``[-1, 1]`` (the range of a GAN's ``tanh``, of diffusion)."""
+        return images if self.pixels == "symmetric" else px.to_unit(images, self.pixels) * 2.0 - 1.0
+
+    def from_symmetric(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in ``[-1, 1]`` -> the data's convention (the inverse of :meth:`symmetric`)."""
+        return images if self.pixels == "symmetric" else px.from_unit((images + 1.0) * 0.5, self.pixels)
 
     def _sample_labels(self, n: int, labels: torch.Tensor | None) -> torch.Tensor | None:
         name = type(self).__name__
@@ -133,3 +151,21 @@ class GenerativeModule(NetModule):
         (so one generator state gives the same noise on the CPU and on a GPU)."""
         where = generator.device if generator is not None else self.device
         return torch.randn(*shape, generator=generator, device=where).to(self.device)
+
+
+@torch.no_grad()
+def update_average(average: nn.Module, current: nn.Module, decay: float, step: int) -> None:
+    """Move the moving average ``average`` of a network's weights toward ``current`` (its twin) after
+    optimizer step ``step`` (1 for the first), and copy ``current``'s buffers (batch-norm statistics).
+
+    .. math::
+        \\bar\\theta \\leftarrow d_t \\bar\\theta + (1 - d_t)\\,\\theta, \\qquad
+        d_t = \\min\\big(d, (1 + t) / (10 + t)\\big)
+
+    The warm-up of ``d_t`` keeps a short run's average from being dominated by the initial weights
+    (with ``d = 0.999`` it reaches 0.99 at step 890).
+    """
+    decay = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(average.parameters()), list(current.parameters()), 1.0 - decay)
+    for mine, theirs in zip(average.buffers(), current.buffers(), strict=True):
+        mine.copy_(theirs)

@@ -55,7 +55,7 @@ from lightning_seq.data import pixels as px
 from lightning_seq.errors import InputError
 from lightning_seq.layers.batch_norm import sync_batch_norm
 from lightning_seq.modules._base import Optimization
-from lightning_seq.modules._generative import GenerativeModule
+from lightning_seq.modules._generative import GenerativeModule, update_average
 from lightning_seq.modules._optim import OptimizerFactory, SharedFactory
 
 __all__ = ["GAN", "discriminator_loss", "generator_loss", "r1_penalty"]
@@ -200,7 +200,7 @@ class GAN(GenerativeModule):
 
     # -------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        real = self.net_input(batch["image"])  # (B, C, H, W) in [-1, 1]
+        real = self.symmetric(batch["image"])  # (B, C, H, W) in [-1, 1]
         labels = self.batch_labels(batch)
         d_opt, g_opt = self.named_optimizer("discriminator"), self.named_optimizer("generator")
         n, size = self.hparams.n_critic, real.shape[0]
@@ -285,19 +285,13 @@ class GAN(GenerativeModule):
     @torch.no_grad()
     def update_ema(self) -> None:
         """Move the generator's average toward its weights (after a generator step); copy its buffers."""
-        if self.generator_ema is None:
-            return
-        step = self.global_step  # generator steps taken, this one included
-        decay = min(self.hparams.ema_decay, (1 + step) / (10 + step))
-        averaged, current = list(self.generator_ema.parameters()), list(self.net.generator.parameters())
-        torch._foreach_lerp_(averaged, current, 1.0 - decay)
-        for mine, theirs in zip(self.generator_ema.buffers(), self.net.generator.buffers(), strict=True):
-            mine.copy_(theirs)
+        if self.generator_ema is not None:  # global_step: generator steps taken, this one included
+            update_average(self.generator_ema, self.net.generator, self.hparams.ema_decay, self.global_step)
 
     # -------------------------------------------------------------------------------- evaluation
     def _step(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         """Validation and test: both losses on the split's images and fixed noise, no update."""
-        real = self.net_input(batch["image"])
+        real = self.symmetric(batch["image"])
         labels = self.batch_labels(batch)
         fake = self.generator(self._noise(batch, _VAL_STREAM), labels)
         real_scores = self.net.discriminator(real, labels)
@@ -316,13 +310,9 @@ class GAN(GenerativeModule):
         """The generator that samples: the moving average when kept, else the trained one."""
         return self.generator_ema if self.generator_ema is not None else self.net.generator
 
-    def net_input(self, images: Tensor) -> Tensor:
-        """Images in the data's convention -> ``[-1, 1]``, the range of the generator's ``tanh``."""
-        return images if self.pixels == "symmetric" else px.to_unit(images, self.pixels) * 2.0 - 1.0
-
     def _sample(self, n: int, labels: Tensor | None, generator: torch.Generator | None) -> Tensor:
         images = self.generator(self.noise(n, self.latent_size, generator=generator), labels)  # (n, C, H, W)
-        return images if self.pixels == "symmetric" else px.from_unit((images + 1.0) * 0.5, self.pixels)
+        return self.from_symmetric(images)
 
 
 def _check_settings(
