@@ -19,6 +19,14 @@ SMALL_IMAGES = [
     "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
     "--data.init_args.batch_size=32",
 ]  # fmt: skip
+# SampleQuality at a smoke run's size: 64 samples against the 64 validation images, with a feature net
+# trained in seconds (the recipes' default one takes a minute; its quality is not what these tests check)
+FEW_SAMPLES = [
+    "--trainer.callbacks.init_args.num_samples=64", "--trainer.callbacks.init_args.batch_size=32",
+    "--trainer.callbacks.init_args.kid_subset_size=32",
+    '--trainer.callbacks.init_args.feature_net_training={"widths": [8, 16, 32], "epochs": 2, '
+    '"num_train": 600, "num_test": 200, "batch_size": 50, "min_accuracy": 0.0}',
+]  # fmt: skip
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -51,6 +59,19 @@ def assert_one_error(result: subprocess.CompletedProcess, message: str, case: st
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], f"{case}: {result.stderr[-2000:]}"
     assert "Traceback" not in result.stderr, case
+
+
+def samples_in_a_fresh_process(module: str, ckpt: Path, cwd: Path, arguments: str = "8") -> list:
+    """``lightning_seq.modules.<module>.load_from_checkpoint(ckpt).sample(<arguments>, generator=<seed 0>)``
+    in a new process (the checkpoint alone rebuilds the model), as nested lists."""
+    script = f"""
+        import json, torch
+        from lightning_seq.modules import {module} as Module
+        model = Module.load_from_checkpoint({str(ckpt)!r}, map_location="cpu")
+        images = model.sample({arguments}, generator=torch.Generator().manual_seed(0))
+        print(json.dumps(images.tolist()))
+        """
+    return json.loads(run_python(script, cwd))
 
 
 def run_python(script: str, cwd: Path) -> str:

@@ -4,7 +4,6 @@ processes, bad settings refused with one line, and kill -9 resumes (at a logged 
 discriminator and a generator update) that end with the uninterrupted weights of both nets, both
 optimizers and the moving average."""
 
-import json
 import textwrap
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 import yaml
 from clitools import (
+    FEW_SAMPLES,
     REPO,
     SMALL_IMAGES,
     SMOKE,
@@ -21,36 +21,11 @@ from clitools import (
     metric_columns,
     ok,
     run_dir,
-    run_python,
+    samples_in_a_fresh_process,
 )
 
 RECIPE = {name: str(REPO / "recipes" / f"{name}.yaml") for name in ("dcgan", "cgan")}
 NANO = "--model.init_args.net.init_args.preset=nano"
-# SampleQuality at a smoke run's size: 64 samples against the 64 validation images, with a feature net
-# trained in seconds (the recipe's default one takes 80 s; its quality is not what these tests check)
-FEW_SAMPLES = [
-    "--trainer.callbacks.init_args.num_samples=64", "--trainer.callbacks.init_args.batch_size=32",
-    "--trainer.callbacks.init_args.kid_subset_size=32",
-    '--trainer.callbacks.init_args.feature_net_training={"widths": [8, 16, 32], "epochs": 2, '
-    '"num_train": 600, "num_test": 200, "batch_size": 50, "min_accuracy": 0.0}',
-]  # fmt: skip
-
-
-def samples_in_a_fresh_process(ckpt, cwd, labels: list[int] | None) -> list:
-    """Eight samples (seed 0) from ``GAN.load_from_checkpoint`` in a new process, as nested lists."""
-    return json.loads(
-        run_python(
-            f"""
-            import json, torch
-            from lightning_seq.modules import GAN
-            model = GAN.load_from_checkpoint({str(ckpt)!r}, map_location="cpu")
-            labels = None if {labels!r} is None else torch.tensor({labels!r})
-            images = model.sample(8, labels=labels, generator=torch.Generator().manual_seed(0))
-            print(json.dumps(images.tolist()))
-            """,
-            cwd,
-        )
-    )
 
 
 @pytest.mark.parametrize("name", RECIPE)
@@ -67,8 +42,8 @@ def test_both_gan_recipes_train_validate_and_sample_through_the_cli(name, cli, t
 
     # the checkpoint alone rebuilds the model: two fresh processes draw the same images
     best = run / "checkpoints" / "best.ckpt"
-    labels = [0, 1, 2, 3, 4, 5, 0, 1] if name == "cgan" else None
-    first, second = (samples_in_a_fresh_process(best, tmp_path, labels) for _ in range(2))
+    arguments = "8, labels=torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])" if name == "cgan" else "8"
+    first, second = (samples_in_a_fresh_process("GAN", best, tmp_path, arguments) for _ in range(2))
     assert first == second
     images = torch.tensor(first)
     assert images.shape == (8, 3, 32, 32)

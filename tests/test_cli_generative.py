@@ -2,7 +2,6 @@
 real recipes at the nano size on a few hundred embedded scenes, their checkpoints read back in fresh
 processes, bad settings refused, and a kill -9 resume that ends with the uninterrupted weights."""
 
-import json
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ from clitools import (
     metric_columns,
     ok,
     run_dir,
-    run_python,
+    samples_in_a_fresh_process,
 )
 
 RECIPE = {name: str(REPO / "recipes" / f"{name}.yaml") for name in ("vae", "vae_conv", "pixelcnn")}
@@ -35,22 +34,6 @@ def test_the_generative_recipes_share_one_dataset():
     assert all(d == data[0] for d in data[1:])
 
 
-def sample_in_a_fresh_process(name: str, ckpt, cwd) -> list:
-    """Eight samples (seed 0) from ``<Module>.load_from_checkpoint`` in a new process, as nested lists."""
-    return json.loads(
-        run_python(
-            f"""
-            import json, torch
-            from lightning_seq.modules import {MODULE[name]} as Module
-            model = Module.load_from_checkpoint({str(ckpt)!r}, map_location="cpu")
-            images = model.sample(8, generator=torch.Generator().manual_seed(0))
-            print(json.dumps(images.tolist()))
-            """,
-            cwd,
-        )
-    )
-
-
 @pytest.mark.parametrize("name", RECIPE)
 def test_every_generative_recipe_trains_tests_and_samples_through_the_cli(name, cli, tmp_path):
     recipe = RECIPE[name]
@@ -64,7 +47,7 @@ def test_every_generative_recipe_trains_tests_and_samples_through_the_cli(name, 
            "--trainer.logger=false", cwd=tmp_path))  # fmt: skip
 
     # the checkpoint alone rebuilds the model: two fresh processes draw the same images
-    first, second = (sample_in_a_fresh_process(name, best, tmp_path) for _ in range(2))
+    first, second = (samples_in_a_fresh_process(MODULE[name], best, tmp_path) for _ in range(2))
     assert first == second
     images = torch.tensor(first)
     assert images.shape == (8, 1, 28, 28)

@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
-from clitools import CSV_ONLY, DDP, REPO, ok
+from clitools import CSV_ONLY, DDP, FEW_SAMPLES, REPO, ok
 
 CHAR_LSTM, VIT = str(REPO / "recipes" / "char_lstm.yaml"), str(REPO / "recipes" / "vit.yaml")
 VAE, PIXELCNN = str(REPO / "recipes" / "vae_conv.yaml"), str(REPO / "recipes" / "pixelcnn.yaml")
+DDPM_COND = str(REPO / "recipes" / "ddpm_cond.yaml")
 SCENES = ["--data.init_args.num_train=512", "--data.init_args.num_val=64", "--data.init_args.num_test=64"]
 STEPS = 12
 COMMON = [f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=6", "--trainer.limit_val_batches=2",
@@ -38,6 +39,14 @@ CASES = {
             *SCENES],
     # A gated PixelCNN: exact likelihood, dynamic binarisation; samples drawn on rank zero only.
     "pixelcnn": [PIXELCNN, "--model.init_args.net.init_args.preset=nano", *SCENES],
+    # Class-conditional diffusion: timesteps, noise and label dropout drawn per item and step; the moving
+    # average follows; FID/KID/cond_acc samples shared between the ranks (a feature net trained in seconds).
+    # No random flips (each rank draws its own).
+    "diffusion": [
+        DDPM_COND, "--model.init_args.net.init_args.preset=nano", "--model.init_args.sample_steps=5",
+        "--data.init_args.augment={crop_scale: null, hflip: false}",
+        *FEW_SAMPLES, *SCENES,
+    ],
 }  # fmt: skip
 
 

@@ -21,6 +21,7 @@ EXPECTED = {
     "swin": IMAGES, "vit": IMAGES, "deit": IMAGES, "resnet_se": IMAGES,
     "vae": GENERATIVE, "vae_conv": GENERATIVE, "pixelcnn": GENERATIVE,
     "dcgan": GENERATIVE, "cgan": GENERATIVE | {"net.num_classes", "num_classes"},
+    "ddpm": GENERATIVE, "ddpm_cond": GENERATIVE | {"net.num_classes", "num_classes"},
 }  # fmt: skip
 
 

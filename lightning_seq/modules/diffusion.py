@@ -47,6 +47,7 @@ from lightning_seq.decoding.diffusion import (
 from lightning_seq.errors import InputError
 from lightning_seq.modules._base import Optimization
 from lightning_seq.modules._generative import GenerativeModule, update_average
+from lightning_seq.modules._optim import OptimizerFactory
 
 __all__ = ["Diffusion"]
 
@@ -111,7 +112,7 @@ class Diffusion(GenerativeModule):
         ema_decay: float | None = 0.999,
         seed: int = 0,
         pixels: px.Pixels = "symmetric",
-        optimizer=None,
+        optimizer: OptimizerFactory | None = None,
         warmup_steps: int = 0,
         lr_schedule: Literal["constant", "cosine", "plateau"] = "constant",
         **kwargs,
@@ -124,6 +125,12 @@ class Diffusion(GenerativeModule):
             lr_schedule=lr_schedule, **kwargs,
         )  # fmt: skip
         self.check_net_conditioning()
+        if self.num_classes is not None and label_dropout > 0 and getattr(net, "null_label", None) is None:
+            raise InputError(
+                "model.init_args.label_dropout: dropping labels needs a net with a `null_label` (the label "
+                f"of no class), and {type(net).__name__} has none. Fix: give the net one (as "
+                "lightning_seq.nets.UNet has), or set label_dropout=0."
+            )
         self.schedule = NoiseSchedule(schedule, timesteps)  # not in checkpoints: rebuilt from the hparams
         self.check_sampling(sampler, sample_steps, eta, variance, guidance)
         self.net_ema: nn.Module | None = None
@@ -328,12 +335,6 @@ def _check_settings(
         )
     if not 0.0 <= label_dropout < 1.0:
         raise InputError(f"{field}.label_dropout: expected a share in [0, 1), got {label_dropout}.")
-    if conditional and getattr(net, "null_label", None) is None and label_dropout > 0:
-        raise InputError(
-            f"{field}.label_dropout: dropping labels needs a net with a `null_label` (the label of no "
-            f"class), and {type(net).__name__} has none. Fix: use lightning_seq.nets.UNet, or set "
-            "label_dropout=0."
-        )
     _check_guidance(guidance, conditional, label_dropout)
     if ema_decay is not None and not 0.0 < ema_decay < 1.0:
         raise InputError(f"{field}.ema_decay: expected a decay in (0, 1) or null, got {ema_decay}.")

@@ -100,3 +100,31 @@ def test_samples_are_the_same_for_the_same_seed(tmp_path):
         grids.append(np.asarray(Image.open(path)))
     assert grids[0].shape == (3 * (12 + 4), 3 * (12 + 4), 3)  # unconditional: a square grid, no captions
     assert (grids[0] == grids[1]).all() and not (grids[0] == grids[2]).all()
+
+
+class Fading(Flat):
+    """A "diffusion" model whose trajectory frame ``f`` of sample ``i`` is flat at ``(f + 1) / 8`` and whose
+    samples are the last frame."""
+
+    def denoising_trajectory(self, n: int, *, frames: int = 8, labels=None, generator=None) -> torch.Tensor:
+        self.asked = (n, frames, None if labels is None else labels.tolist())
+        value = torch.arange(1, frames + 1).float().view(frames, 1, 1, 1, 1) / 8  # (F, 1, 1, 1, 1)
+        return (value * 2 - 1).expand(frames, n, 1, 6, 6)  # symmetric pixels
+
+
+def test_the_trajectory_grid_has_one_row_per_sample_from_noise_to_image(tmp_path):
+    module = Fading(num_classes=3)
+    callback = ImageSamples(per_class=2, every_n_steps=2, every_n_epochs=None, tile_size=12, trajectory=4,
+                            trajectory_frames=5)  # fmt: skip
+    fit_with(callback, module, tmp_path)
+    assert module.asked == (4, 5, [0, 1, 2, 0])  # the first classes, one per row
+    grid = np.asarray(Image.open(tmp_path / "trajectory" / "step_000002.png").convert("RGB")).astype(int)
+    tile = 12
+    assert grid.shape == (4 * (tile + 4), 5 * (tile + 4), 3)  # 4 rows of 5 frames, no captions
+    for row in range(4):
+        for frame in range(5):
+            x, y = frame * (tile + 4) + 2, row * (tile + 4) + 2
+            assert np.abs(grid[y : y + tile, x : x + tile] - round((frame + 1) / 8 * 255)).max() <= 1
+    plain = Flat()  # a model without a trajectory draws only its samples
+    fit_with(ImageSamples(every_n_steps=2, every_n_epochs=None, trajectory=4), plain, tmp_path / "plain")
+    assert not (tmp_path / "plain" / "trajectory").exists()
