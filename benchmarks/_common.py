@@ -1,5 +1,6 @@
 """What the side-by-side benchmarks share: the plain loop's optimizer set-up and the quiet Trainer."""
 
+import statistics
 import tempfile
 
 import lightning as L
@@ -29,3 +30,13 @@ def bench_trainer(steps: int, *callbacks: L.Callback, clip_val: float | None = 1
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         callbacks=[*clipping, NonFiniteLoss(), *callbacks],
     )  # fmt: skip
+
+
+def print_step_table(setup: str, ours_name: str, plain: list[float], ours: list[float], batch: int) -> None:
+    """The Markdown row of a side-by-side step timing (medians of the rounds' ms per step) and the rounds."""
+    p, o = statistics.median(plain), statistics.median(ours)
+    print(f"| setup | plain PyTorch ms/step | {ours_name} + Trainer ms/step | ratio | images/s (ours) |")
+    print("|---|---|---|---|---|")
+    print(f"| {setup} | {p:.1f} | {o:.1f} | {o / p:.3f} | {1e3 * batch / o:.0f} |")
+    rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(plain, ours, strict=True))
+    print(f"\nrounds (plain / ours, ms): {rounds}")

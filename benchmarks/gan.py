@@ -21,13 +21,12 @@ Prints a Markdown table (paste it into benchmarks/RESULTS.md).
 
 import argparse
 import copy
-import statistics
 import time
 
 import lightning as L
 import torch
 import torch.nn.functional as F
-from _common import bench_trainer
+from _common import bench_trainer, print_step_table
 
 from lightning_seq.data import ImageAugment, ImageDataModule
 from lightning_seq.modules import GAN
@@ -127,14 +126,9 @@ def main() -> None:
     for _ in range(args.rounds):
         plain.append(plain_loop(copy.deepcopy(net), dm, args.steps, args.warmup))
         ours.append(lightning_loop(copy.deepcopy(net), dm, args.steps, args.warmup))
-    p, o = statistics.median(plain), statistics.median(ours)
     threads = torch.get_num_threads()
     setup = f"DCGAN {args.preset}, 32x32 RGB, batch {args.batch}, {args.workers} workers, {threads} threads"
-    print("| setup | plain PyTorch ms/step | GAN + Trainer ms/step | ratio | images/s (ours) |")
-    print("|---|---|---|---|---|")
-    print(f"| {setup} | {p:.1f} | {o:.1f} | {o / p:.3f} | {1e3 * args.batch / o:.0f} |")
-    rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(plain, ours, strict=True))
-    print(f"\nrounds (plain / ours, ms): {rounds}")
+    print_step_table(setup, "GAN", plain, ours, args.batch)
 
 
 if __name__ == "__main__":

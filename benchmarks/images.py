@@ -28,7 +28,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 import yaml
-from _common import bench_trainer, plain_optimization
+from _common import bench_trainer, plain_optimization, print_step_table
 
 from lightning_seq.data import ImageAugment, ImageDataModule
 from lightning_seq.modules import ImageClassifier
@@ -149,14 +149,9 @@ def main() -> None:
     def median(runs: list[dict], key: str) -> float:
         return statistics.median(r[key] for r in runs)
 
-    p, o = median(plain, "ms"), median(ours, "ms")
     threads = torch.get_num_threads()
     setup = f"{args.recipe} net, batch {args.batch}, {args.workers} workers, {threads} threads"
-    print("| setup | plain PyTorch ms/step | ImageClassifier + Trainer ms/step | ratio | images/s (ours) |")
-    print("|---|---|---|---|---|")
-    print(f"| {setup} | {p:.1f} | {o:.1f} | {o / p:.3f} | {1e3 * args.batch / o:.0f} |")
-    rounds = ", ".join(f"{a['ms']:.1f}/{b['ms']:.1f}" for a, b in zip(plain, ours, strict=True))
-    print(f"\nrounds (plain / ours, ms): {rounds}")
+    print_step_table(setup, "ImageClassifier", [r["ms"] for r in plain], [r["ms"] for r in ours], args.batch)
     print(
         f"waiting for the DataLoader: {100 * median(ours, 'wait'):.1f}% of step time with the Trainer, "
         f"{100 * median(plain, 'wait'):.1f}% in the plain loop; on-device augmentation + normalisation: "
