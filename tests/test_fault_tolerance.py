@@ -39,10 +39,11 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 def test_kill_minus_9_then_resume_from_last_gives_the_weights_of_an_uninterrupted_run(
     cli, corpus_file, tmp_path
 ):
-    """Five kills at different steps (mid-epoch, near and past the epoch boundary at 38), in stream mode
-    (carried LSTM state) and window mode (shuffled windows); each resumed run ends with exactly the
-    weights of the uninterrupted run, in the same run folder and W&B run."""
-    trials = [(5, "stream"), (16, "window"), (29, "stream"), (37, "window"), (47, "stream")]
+    """Three kills at different steps (mid-epoch, just before and past the epoch boundary at 38), in
+    stream mode (carried LSTM state) and window mode (shuffled windows); each resumed run ends with
+    exactly the weights of the uninterrupted run, in the same run folder and W&B run. (Two more mid-epoch
+    kills took 30 s more of the suite for no case these lack.)"""
+    trials = [(29, "stream"), (37, "window"), (47, "stream")]
     reference = {}
     for mode in ("stream", "window"):
         cwd = _mkdir(tmp_path / mode)
