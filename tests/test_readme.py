@@ -84,3 +84,11 @@ def test_gan_example_builds_a_conditional_gan_that_samples():
     exec(compile(python_block("GAN(net"), "README.md", "exec"), namespace)
     images = namespace["model"].sample(6, generator=torch.Generator().manual_seed(0))
     assert images.shape == (6, 3, 32, 32) and images.abs().max() <= 1
+
+
+def test_diffusion_example_builds_a_guided_model_that_samples_and_shows_its_trajectory():
+    namespace: dict = {}
+    exec(compile(python_block("Diffusion(net"), "README.md", "exec"), namespace)
+    images, frames = namespace["images"], namespace["frames"]
+    assert images.shape == (12, 3, 16, 16) and images.abs().max() <= 1
+    assert frames.shape == (8, 4, 3, 16, 16)
