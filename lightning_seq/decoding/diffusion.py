@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seq.errors import InputError
+from lightning_seq.layers.likelihoods import standard_normal
 
 __all__ = [
     "Denoiser",
@@ -304,14 +305,14 @@ def ddpm_sample(
     small = schedule.posterior_variance
     step_variance = small if variance == "fixed_small" else torch.cat([small[1:2], schedule.betas[1:]])
     std = step_variance.sqrt().to(device)  # (T,)
-    x = _normal(shape, generator, device)  # (B, C, H, W), x_T
+    x = standard_normal(shape, generator, device)  # (B, C, H, W), x_T
     for i in reversed(range(schedule.timesteps)):
         t = torch.full((shape[0],), i, dtype=torch.long, device=device)  # (B,)
         x0 = _predict_x0(denoise, schedule, x, t, cond, parameterization, clip_x0)
         if on_step is not None:
             on_step(i, x, x0)
         mean, _, _ = schedule.posterior(x0, x, t)
-        x = mean + std[i] * _normal(shape, generator, device) if i > 0 else mean
+        x = mean + std[i] * standard_normal(shape, generator, device) if i > 0 else mean
     return x
 
 
@@ -361,7 +362,7 @@ def ddim_sample(
     keep = abar_prev.sqrt().float().to(device)  # (S,)
     direction = (1 - abar_prev - sigma**2).clamp(min=0).sqrt().float().to(device)  # (S,)
     sigma = sigma.float().to(device)  # (S,)
-    x = _normal(shape, generator, device)  # (B, C, H, W), x_T
+    x = standard_normal(shape, generator, device)  # (B, C, H, W), x_T
     for k, i in enumerate(timesteps.tolist()):
         t = torch.full((shape[0],), i, dtype=torch.long, device=device)  # (B,)
         x0 = _predict_x0(denoise, schedule, x, t, cond, parameterization, clip_x0)
@@ -370,7 +371,7 @@ def ddim_sample(
         eps = schedule.to_epsilon(x, t, x0, "x0")
         x = keep[k] * x0 + direction[k] * eps
         if eta > 0 and k < len(timesteps) - 1:
-            x = x + sigma[k] * _normal(shape, generator, device)
+            x = x + sigma[k] * standard_normal(shape, generator, device)
     return x
 
 
@@ -440,12 +441,6 @@ def _check_eta(eta: float) -> None:
         raise InputError(
             f"eta: expected DDIM's noise scale >= 0 (0: deterministic, 1: stochastic), got {eta!r}."
         )
-
-
-def _normal(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """``N(0, I)`` of ``shape`` drawn on the generator's device, then moved to ``device``."""
-    where = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=where).to(device)
 
 
 def _predict_x0(

@@ -235,7 +235,15 @@ def uniform_like(like: Tensor, generator: torch.Generator | None = None) -> Tens
     return torch.rand(like.shape, generator=generator, device=where).to(like.device)
 
 
+def standard_normal(
+    shape: tuple[int, ...], generator: torch.Generator | None = None, device: torch.device | str | None = None
+) -> Tensor:
+    """Standard normals of ``shape`` on ``device``, drawn on the generator's device (so one generator state
+    gives the same numbers on the CPU and on a GPU)."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where).to(device)
+
+
 def normal_like(like: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Standard normals of ``like``'s shape, drawn on the generator's device, on ``like``'s device."""
-    where = generator.device if generator is not None else like.device
-    return torch.randn(like.shape, generator=generator, device=where).to(like.device)
+    return standard_normal(tuple(like.shape), generator, like.device)

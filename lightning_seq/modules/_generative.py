@@ -6,7 +6,7 @@ from torch import nn
 from lightning_seq.data import pixels as px
 from lightning_seq.data.pixels import PIXELS, Pixels
 from lightning_seq.errors import InputError
-from lightning_seq.layers.likelihoods import bits_per_dim
+from lightning_seq.layers.likelihoods import bits_per_dim, standard_normal
 from lightning_seq.modules._base import NetModule
 
 
@@ -149,8 +149,7 @@ class GenerativeModule(NetModule):
     def noise(self, *shape: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal noise of ``shape`` on this module's device, drawn on the generator's device
         (so one generator state gives the same noise on the CPU and on a GPU)."""
-        where = generator.device if generator is not None else self.device
-        return torch.randn(*shape, generator=generator, device=where).to(self.device)
+        return standard_normal(shape, generator, self.device)
 
 
 @torch.no_grad()
