@@ -132,7 +132,7 @@ class Diffusion(GenerativeModule):
                 "lightning_seq.nets.UNet has), or set label_dropout=0."
             )
         self.schedule = NoiseSchedule(schedule, timesteps)  # not in checkpoints: rebuilt from the hparams
-        self.check_sampling(sampler, sample_steps, eta, variance, guidance)
+        self.check_sampling(sampler, sample_steps, eta, variance, None)  # guidance: checked above
         self.net_ema: nn.Module | None = None
         if ema_decay is not None:
             self.net_ema = copy.deepcopy(net).requires_grad_(False)
@@ -240,13 +240,12 @@ class Diffusion(GenerativeModule):
         hp = self.hparams
         sampler = sampler or hp.sampler
         shape = (n, self.net.in_channels, self.net.image_size, self.net.image_size)
-        options = {"variance": hp.variance} if sampler == "ddpm" else {}
-        if sampler == "ddim":
-            options = {"steps": steps or hp.sample_steps, "eta": hp.eta if eta is None else eta}
+        steps = (steps or self.sample_steps) if sampler == "ddim" else None  # DDPM takes all T
         images = diffusion_sample(
-            self.denoiser(guidance), self.schedule, shape, sampler=sampler, cond=labels,
+            self.denoiser(guidance), self.schedule, shape, sampler=sampler, steps=steps,
+            eta=hp.eta if eta is None else eta, variance=hp.variance, cond=labels,
             parameterization=hp.parameterization, clip_x0=hp.clip_x0, generator=generator, device=self.device,
-            on_step=on_step, **options,
+            on_step=on_step,
         )  # fmt: skip
         return self.from_symmetric(images.clamp(-1.0, 1.0))
 
