@@ -5,7 +5,7 @@ switch for inference, and the per-rank state that makes resuming exact."""
 import inspect
 import warnings
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import lightning as L
 import torch
@@ -46,6 +46,8 @@ class Optimization:
             ``plateau`` (times ``plateau_factor`` after each validation loss that is not the best).
         min_lr_ratio: final learning rate of the cosine schedule, as a fraction of the peak.
         plateau_factor: the cut of the ``plateau`` schedule.
+        lr_scales: submodules of ``params`` (by name, e.g. ``{"net.encoder": 0.1}``) trained at their own
+            fraction of the learning rate.
     """
 
     optimizer: OptimizerFactory
@@ -54,6 +56,7 @@ class Optimization:
     lr_schedule: Schedule = "constant"
     min_lr_ratio: float = 1.0
     plateau_factor: float = 0.25
+    lr_scales: dict[str, float] = field(default_factory=dict)
 
 
 class NetModule(L.LightningModule):
@@ -182,7 +185,14 @@ class NetModule(L.LightningModule):
         total = self.trainer.estimated_stepping_batches
         setups = [
             configure_optimization(
-                p.params, p.optimizer, total, p.warmup_steps, p.lr_schedule, p.min_lr_ratio, p.plateau_factor
+                p.params,
+                p.optimizer,
+                total,
+                p.warmup_steps,
+                p.lr_schedule,
+                p.min_lr_ratio,
+                p.plateau_factor,
+                p.lr_scales,
             )
             for p in self.optimizations().values()
         ]

@@ -11,7 +11,7 @@ rate is multiplied by ``plateau_factor`` after every validation whose loss is no
 import functools
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Literal, get_args
 
 import torch
@@ -42,15 +42,25 @@ class SharedFactory:
         return self
 
 
-def param_groups(module: nn.Module) -> list[dict]:
+def param_groups(module: nn.Module, lr_scales: Mapping[str, float] | None = None) -> list[dict]:
     """Trainable parameters in two groups: decayed weight matrices, and the rest with ``weight_decay=0``.
 
     Not decayed: biases, vectors, norms, embeddings, and the parameters that a module names in its
     ``no_weight_decay`` attribute (position embeddings, class tokens, relative position biases).
     A parameter shared by several modules (tied embeddings) is listed once, in the group of the
     first module that owns it.
+
+    ``lr_scales`` gives submodules (by name, e.g. ``{"net.encoder": 0.1}``) their own learning rate, as a
+    fraction of the optimizer's: their parameters get groups of their own, marked with ``lr_scale``,
+    which :func:`configure_optimization` applies.
     """
-    decay, no_decay, seen = [], [], set()
+    scales = dict(lr_scales or {})
+    owner_scale: dict[int, float] = {}
+    for prefix, scale in scales.items():
+        for param in module.get_submodule(prefix).parameters():
+            owner_scale.setdefault(id(param), float(scale))
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
+    seen: set[int] = set()
     for sub in module.modules():
         for name, param in sub.named_parameters(recurse=False):
             if not param.requires_grad or id(param) in seen:
@@ -60,9 +70,15 @@ def param_groups(module: nn.Module) -> list[dict]:
             skip = (
                 param.ndim < 2 or isinstance(sub, nn.Embedding) or name in getattr(sub, "no_weight_decay", ())
             )
-            (no_decay if skip else decay).append(param)
-    groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            groups.setdefault((not skip, owner_scale.get(id(param), 1.0)), []).append(param)
+    out = []
+    for scale in sorted({s for _, s in groups}, key=lambda s: s != 1.0):
+        for decayed in (True, False):
+            params = groups.get((decayed, scale))
+            if params:
+                group = {"params": params} if decayed else {"params": params, "weight_decay": 0.0}
+                out.append(group if scale == 1.0 else {**group, "lr_scale": scale})
+    return out
 
 
 def check_schedule(
@@ -236,9 +252,14 @@ def configure_optimization(
     schedule: Schedule,
     min_lr_ratio: float,
     plateau_factor: float = 0.25,
+    lr_scales: Mapping[str, float] | None = None,
 ) -> dict:
-    """The ``configure_optimizers`` answer: optimizer over :func:`param_groups` + per-step schedule."""
-    opt = optimizer(param_groups(module))
+    """The ``configure_optimizers`` answer: optimizer over :func:`param_groups` + per-step schedule (the
+    groups of ``lr_scales`` at their fraction of the optimizer's learning rate, warmed up and decayed
+    with the others)."""
+    opt = optimizer(param_groups(module, lr_scales))
+    for group in opt.param_groups:
+        group["lr"] *= group.pop("lr_scale", 1.0)
     if schedule == "plateau":
         check_schedule(warmup_steps, min_lr_ratio, schedule, plateau_factor)
         sched = PlateauLR(opt, warmup_steps, plateau_factor)

@@ -112,6 +112,26 @@ def test_one_optimizer_by_default_over_every_parameter():
     assert sum(len(g["params"]) for g in setup["optimizer"].param_groups) == 2
 
 
+def test_a_part_trained_at_its_own_share_of_the_learning_rate_follows_the_same_schedule():
+    from lightning_seq.modules._optim import configure_optimization
+
+    net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1))
+    sgd = partial(torch.optim.SGD, lr=0.1, weight_decay=0.01)
+    setup = configure_optimization(net, sgd, 10, 4, "cosine", 0.1, lr_scales={"0": 0.25})
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    # the others first, as without scales (weights, then biases without decay), then the scaled part's
+    groups = [([id(p) for p in g["params"]], g["weight_decay"], g["initial_lr"]) for g in optimizer.param_groups]
+    assert groups == [
+        ([id(net[1].weight)], 0.01, 0.1), ([id(net[1].bias)], 0.0, 0.1),
+        ([id(net[0].weight)], 0.01, 0.025), ([id(net[0].bias)], 0.0, 0.025),
+    ]  # fmt: skip
+    for _ in range(6):  # past the warmup: both decay by the same factor
+        optimizer.step()
+        scheduler.step()
+    rates = [g["lr"] for g in optimizer.param_groups]
+    assert rates[2] == pytest.approx(0.25 * rates[0]) and 0.01 < rates[0] < 0.1
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
