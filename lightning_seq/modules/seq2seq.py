@@ -15,7 +15,6 @@ otherwise), chrF (character n-grams up to 6, beta 2, SacreBLEU's default) and th
 sentences translated exactly right.
 """
 
-from dataclasses import asdict
 from typing import Literal
 
 import torch
@@ -29,13 +28,14 @@ from lightning_seq.data.tokenizers import encode_texts
 from lightning_seq.decoding import GenerationConfig, State, generate
 from lightning_seq.errors import InputError
 from lightning_seq.modules._base import NetModule
+from lightning_seq.modules._generation import GenerationFromData
 from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
 
 DEFAULT_GENERATION = {"strategy": "beam", "num_beams": 4, "max_new_tokens": 128}
 BleuTokenize = Literal["13a", "char", "intl", "zh", "none"]
 
 
-class Seq2Seq(TokenizersInCheckpoints, NetModule):
+class Seq2Seq(TokenizersInCheckpoints, GenerationFromData, NetModule):
     """Trains a sequence-to-sequence net and translates with it.
 
     Args:
@@ -57,6 +57,7 @@ class Seq2Seq(TokenizersInCheckpoints, NetModule):
     """
 
     TOKENIZERS = ("src_tokenizer", "tgt_tokenizer")
+    DEFAULT_GENERATION = DEFAULT_GENERATION
     src_tokenizer: Tokenizer | None = None
     tgt_tokenizer: Tokenizer | None = None
 
@@ -75,8 +76,7 @@ class Seq2Seq(TokenizersInCheckpoints, NetModule):
         _check_settings(label_smoothing, decode_val_batches, net)
         super().__init__(net, **kwargs)
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
-        self.sized_generation = generation is None  # max_new_tokens follows the data
-        self.generation = GenerationConfig.of(generation, **DEFAULT_GENERATION)
+        self.init_generation(generation)
         self.metrics = nn.ModuleDict(
             {stage: _translation_metrics(bleu_tokenize) for stage in ("val", "test")}
         )
@@ -187,23 +187,6 @@ class Seq2Seq(TokenizersInCheckpoints, NetModule):
             return self.detokenize(self.translate_tokens(batch["src"]))
         return self.translate(batch)
 
-    # ----------------------------------------------------------------------------- checkpoints
-    def setup(self, stage: str) -> None:
-        super().setup(stage)
-        longest = _longest_target(getattr(self.trainer, "datamodule", None))
-        if self.sized_generation and longest:
-            size = longest + max(8, longest // 4)  # some room beyond the longest training target
-            self.generation = GenerationConfig(**{**DEFAULT_GENERATION, "max_new_tokens": size})
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint["generation"] = asdict(self.generation)
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if self.sized_generation and "generation" in checkpoint:
-            self.generation = GenerationConfig(**checkpoint["generation"])
-
 
 def _translation_metrics(bleu_tokenize: str) -> nn.ModuleDict:
     return nn.ModuleDict(
@@ -213,19 +196,6 @@ def _translation_metrics(bleu_tokenize: str) -> nn.ModuleDict:
             "exact_match": MeanMetric(),
         }
     )
-
-
-def _longest_target(datamodule: object) -> int | None:
-    """Tokens to generate for the longest training target (EOS included, BOS not), when the DataModule
-    tells: its ``max_target_length``, or the lengths of its train split's ``tgt`` sequences."""
-    longest = getattr(datamodule, "max_target_length", None)
-    if isinstance(longest, int):
-        return longest
-    dataset = getattr(datamodule, "dataset", None)
-    if not callable(dataset):
-        return None
-    lengths = getattr(getattr(dataset("train"), "tgt", None), "lengths", None)
-    return int(lengths().max()) - 1 if callable(lengths) else None
 
 
 def _check_settings(label_smoothing: float, decode_val_batches: int, net: nn.Module) -> None:

@@ -120,7 +120,8 @@ def test_a_part_trained_at_its_own_share_of_the_learning_rate_follows_the_same_s
     setup = configure_optimization(net, sgd, 10, 4, "cosine", 0.1, lr_scales={"0": 0.25})
     optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
     # the others first, as without scales (weights, then biases without decay), then the scaled part's
-    groups = [([id(p) for p in g["params"]], g["weight_decay"], g["initial_lr"]) for g in optimizer.param_groups]
+    groups = [(g["params"], g["weight_decay"], g["initial_lr"]) for g in optimizer.param_groups]
+    groups = [([id(p) for p in params], decay, lr) for params, decay, lr in groups]
     assert groups == [
         ([id(net[1].weight)], 0.01, 0.1), ([id(net[1].bias)], 0.0, 0.1),
         ([id(net[0].weight)], 0.01, 0.025), ([id(net[0].bias)], 0.0, 0.025),
