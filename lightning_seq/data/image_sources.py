@@ -41,7 +41,7 @@ def source_kind(dataset: str) -> str:
     if path.is_dir():
         if (path / "dataset_dict.json").is_file() or (path / "state.json").is_file():
             return "disk"
-        if any(_image_files(path)):
+        if any(image_files(path)):
             return "folder"
         if not any(p.suffix.lower() in HUB_FORMATS for p in _walk(path)):
             raise InputError(
@@ -68,7 +68,8 @@ def _walk(root: Path):
                 yield Path(folder) / name
 
 
-def _image_files(root: Path):
+def image_files(root: Path):
+    """Every image file below ``root`` (the extensions ``imagefolder`` reads), in sorted order."""
     extensions = image_extensions()
     return (p for p in _walk(root) if p.suffix.lower() in extensions)
 

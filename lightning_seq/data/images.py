@@ -110,7 +110,52 @@ class ImageItems(Dataset):
         return item
 
 
-class ImageDataModule(CachedDataModule):
+class MeanStd:
+    """Per-channel normalisation with the mean and std of the train split, for image DataModules.
+
+    The DataModule has ``in_channels``, ``meta["mean"]`` and ``meta["std"]`` (measured by the scan),
+    ``_mean`` and ``_std`` (the user's values or None) and ``_norm = {}`` (the statistics per device).
+    """
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Per-channel mean ``(C,)`` on a 0-1 scale: ``data.mean``, or measured on the train split."""
+        return self._stat("mean", self._mean)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Per-channel standard deviation ``(C,)``: ``data.std``, or measured on the train split."""
+        return self._stat("std", self._std)
+
+    def _stat(self, name: str, given: list[float] | None) -> torch.Tensor:
+        channels = self.in_channels
+        values = list(given) if given is not None else self.meta[name][:channels]
+        if len(values) == 1:
+            values = values * channels
+        if len(values) != channels:
+            raise InputError(
+                f"data.{name}: expected {channels} values (one per channel) or one, got {len(values)}."
+            )
+        if name == "std" and min(values) <= 0:
+            raise InputError(f"data.std: expected positive values, got {values}.")
+        return torch.tensor(values, dtype=torch.float32)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] images ``(B, C, H, W)`` normalised with the mean and std (no augmentation)."""
+        if not images.is_floating_point():
+            images = images.float() / 255.0
+        return px.from_unit(images, "normalized", *self._device_stats(images.device))
+
+    def _device_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        if device not in self._norm:
+            self._norm[device] = (
+                self.mean.to(device).view(1, -1, 1, 1),
+                self.std.to(device).view(1, -1, 1, 1),
+            )
+        return self._norm[device]
+
+
+class ImageDataModule(MeanStd, CachedDataModule):
     """Images for classifiers and generative models: the embedded shapes, a local folder, or a hub dataset.
 
     Args:
@@ -297,29 +342,6 @@ class ImageDataModule(CachedDataModule):
     def in_channels(self) -> int:
         """The channels of the batches: ``channels`` when given, else 1 when every image is grey, else 3."""
         return self.meta["in_channels"]
-
-    @property
-    def mean(self) -> torch.Tensor:
-        """Per-channel mean ``(C,)`` on a 0-1 scale: ``data.mean``, or measured on the train split."""
-        return self._stat("mean", self._mean)
-
-    @property
-    def std(self) -> torch.Tensor:
-        """Per-channel standard deviation ``(C,)``: ``data.std``, or measured on the train split."""
-        return self._stat("std", self._std)
-
-    def _stat(self, name: str, given: list[float] | None) -> torch.Tensor:
-        channels = self.in_channels
-        values = list(given) if given is not None else self.meta[name][:channels]
-        if len(values) == 1:
-            values = values * channels
-        if len(values) != channels:
-            raise InputError(
-                f"data.{name}: expected {channels} values (one per channel) or one, got {len(values)}."
-            )
-        if name == "std" and min(values) <= 0:
-            raise InputError(f"data.std: expected positive values, got {values}.")
-        return torch.tensor(values, dtype=torch.float32)
 
     def to_unit(self, images: torch.Tensor) -> torch.Tensor:
         """Images ``(..., C, H, W)`` in this data's ``pixels`` convention (batches, samples) in [0, 1]."""
@@ -623,20 +645,6 @@ class ImageDataModule(CachedDataModule):
         if epoch is None:
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
         return px.binarize(unit, index, self.seed, epoch=epoch)
-
-    def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or [0, 1] images ``(B, C, H, W)`` normalised with the mean and std (no augmentation)."""
-        if not images.is_floating_point():
-            images = images.float() / 255.0
-        return px.from_unit(images, "normalized", *self._device_stats(images.device))
-
-    def _device_stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if device not in self._norm:
-            self._norm[device] = (
-                self.mean.to(device).view(1, -1, 1, 1),
-                self.std.to(device).view(1, -1, 1, 1),
-            )
-        return self._norm[device]
 
     # ------------------------------------------------------------------------ checkpointed state
     def state_dict(self) -> dict:

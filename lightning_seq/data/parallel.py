@@ -40,6 +40,7 @@ from lightning_seq.data.cache import CachedDataModule, default_cache_dir, key_of
 from lightning_seq.data.ragged import Ragged, id_dtype, pad, write_ragged
 from lightning_seq.data.resumable import batched_loader, rank_and_world
 from lightning_seq.data.tokenizers import (
+    SpecialTokenIds,
     TokenizerConfig,
     build_tokenizer,
     encode_texts,
@@ -74,7 +75,7 @@ def collate_pairs(items: list[tuple[np.ndarray, np.ndarray]], pad_id: int) -> di
     return {"src": pad([s for s, _ in items], pad_id), "tgt": pad([t for _, t in items], pad_id)}
 
 
-class ParallelTextDataModule(CachedDataModule):
+class ParallelTextDataModule(SpecialTokenIds, CachedDataModule):
     """Translation data from the embedded number words, local TSV/JSONL files or a Hugging Face dataset.
 
     Args:
@@ -196,20 +197,6 @@ class ParallelTextDataModule(CachedDataModule):
     @property
     def tgt_vocab_size(self) -> int:
         return self.meta["tgt_vocab_size"]
-
-    @property
-    def pad_id(self) -> int:
-        return self.meta["special_ids"]["pad"]
-
-    @property
-    def bos_id(self) -> int:
-        """The token that starts every target, the decoder's first input (linked into ``model.bos_id``)."""
-        return self.meta["special_ids"]["bos"]
-
-    @property
-    def eos_id(self) -> int:
-        """The token that ends every target (linked into ``model.eos_id``)."""
-        return self.meta["special_ids"]["eos"]
 
     @property
     def src_tokenizer(self) -> Tokenizer:

@@ -54,6 +54,28 @@ class ResumableSampler(DistributedSampler):
         return iter(indices)
 
 
+class ShardSampler(DistributedSampler):
+    """Every item exactly once across ranks, in order: rank ``r`` takes items ``r, r + W, ...``.
+
+    For evaluation over whole splits (captioning metrics over every image): unlike
+    :class:`ResumableSampler` it never pads with repeated items, so ranks may get one item less.
+    Being a ``DistributedSampler``, Lightning keeps it under DDP. Arguments as for
+    :class:`ResumableSampler` (``shuffle`` and ``drop_last`` are ignored).
+    """
+
+    def __init__(
+        self, dataset: Dataset, shuffle: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+        drop_last: bool = False,
+    ):  # fmt: skip
+        super().__init__(dataset, world_size, rank, shuffle=False, seed=seed)
+
+    def __iter__(self):
+        return iter(range(self.rank, len(self.dataset), self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, len(self.dataset), self.num_replicas))
+
+
 class ResumableLoader(DataLoader):
     """A DataLoader whose position in the epoch is saved in checkpoints (Lightning's stateful protocol).
 
@@ -113,20 +135,26 @@ def trainer_epoch(owner: L.LightningDataModule) -> Callable[[], int]:
 
 
 def batched_loader(
-    datamodule: L.LightningDataModule, dataset: Dataset, shuffle: bool, collate_fn=None, batch_size=None
+    datamodule: L.LightningDataModule,
+    dataset: Dataset,
+    shuffle: bool,
+    collate_fn=None,
+    batch_size=None,
+    sampler_class: type[DistributedSampler] = ResumableSampler,
 ):
     """The map-style loader the DataModules share: this rank's share of a ``(seed, epoch)`` permutation
     (natural order for evaluation), ``batch_size`` (default ``datamodule.batch_size``) items per
     batch, resumable mid-epoch.
 
     Training drops the last incomplete batch; the DataModule provides ``batch_size``, ``seed`` and
-    ``num_workers``.
+    ``num_workers``. ``sampler_class``: another sampler taking :class:`ResumableSampler`'s arguments
+    (a subclass of it, or :class:`ShardSampler` for evaluation that sees every item exactly once).
     """
     rank, world = rank_and_world(datamodule.trainer)
     return ResumableLoader(
         dataset,
         batch_size=batch_size or datamodule.batch_size,
-        sampler=ResumableSampler(dataset, shuffle, datamodule.seed, rank, world, drop_last=shuffle),
+        sampler=sampler_class(dataset, shuffle, datamodule.seed, rank, world, drop_last=shuffle),
         drop_last=shuffle,
         collate_fn=collate_fn,
         num_workers=datamodule.num_workers,

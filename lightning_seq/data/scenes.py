@@ -12,9 +12,11 @@ size or described again without its image. Pure PIL and numpy: no torch, no Ligh
 (PNG files and a ``metadata.jsonl`` per split), the format real image folders come in.
 """
 
+import itertools
 import json
 import math
 import random
+import re
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -267,6 +269,81 @@ def _relation(a: SceneObject, b: SceneObject) -> str:
     return "to the left of" if dx < 0 else "to the right of"
 
 
+# ------------------------------------------------------------------- reference captions (captioning)
+#: The captioning scenes: 2-3 objects, each large enough to read at 32 x 32 pixels (9-19 px there).
+CAPTION_OBJECTS = (2, 3)
+CAPTION_OBJECT_SIZE = (0.5, 0.85)
+
+#: How many reference captions :func:`caption_variants` gives a scene.
+NUM_VARIANTS = 5
+
+_OBJECT_WORDS = re.compile(rf"\b({'|'.join(COLORS)})\s+({'|'.join(SHAPES)})s?\b")
+
+
+def caption_variants(scene: Scene) -> list[str]:
+    """:data:`NUM_VARIANTS` reference captions of a scene: the same objects in other words and orders.
+
+    Every variant names each object's colour and shape, no sizes; relations come from the objects'
+    centres only. Each variant is a fixed template over a fixed order (left to right, or top to
+    bottom), so one scene always gets the same five texts and a model that keeps to one template can
+    match a reference word for word::
+
+        a red star to the left of a blue ring
+        a blue ring to the right of a red star
+        a red star and a blue ring
+        there is a blue ring and a red star
+        a blue ring above a red star
+
+    With three objects the relations form a chain: ``"a red star to the left of a blue ring, which is
+    to the left of a green cross"``.
+    """
+    across = sorted(scene.objects, key=lambda o: (o.x, o.y))  # left to right
+    down = sorted(scene.objects, key=lambda o: (o.y, o.x))  # top to bottom
+    names = [f"{_a(o.color)} {o.shape}" for o in across]
+    return [
+        _chain(across, _across),
+        _chain(across[::-1], _across),
+        _listing(names),
+        "there is " + _listing(names[::-1]),
+        _chain(down, _down),
+    ]
+
+
+def parse_objects(text: str) -> list[tuple[str, str]]:
+    """The ``(colour, shape)`` pairs a caption names, in its order: a colour of :data:`COLORS` right
+    before a shape of :data:`SHAPES` (singular or plural, any case)."""
+    return [(m[1], m[2]) for m in _OBJECT_WORDS.finditer(text.lower())]
+
+
+def _listing(names: list[str]) -> str:
+    """``"a, b and c"``."""
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _chain(objects: list[SceneObject], relation) -> str:
+    """``"A rel B, which is rel C"``: each object related to the next one."""
+    text = f"{_a(objects[0].color)} {objects[0].shape}"
+    for k, (a, b) in enumerate(itertools.pairwise(objects)):
+        text += (", which is " if k else " ") + f"{relation(a, b)} {_a(b.color)} {b.shape}"
+    return text
+
+
+def _across(a: SceneObject, b: SceneObject) -> str:
+    """Where ``a`` is from ``b`` across the image; on the same column, ``directly`` above or below."""
+    if a.x != b.x:
+        return "to the left of" if a.x < b.x else "to the right of"
+    if a.y != b.y:
+        return "directly above" if a.y < b.y else "directly below"
+    return "in front of"  # the same centre: drawn later, so over it
+
+
+def _down(a: SceneObject, b: SceneObject) -> str:
+    """Where ``a`` is from ``b`` up and down the image; on the same row, ``level with`` it."""
+    if a.y != b.y:
+        return "above" if a.y < b.y else "below"
+    return "level with" if a.x != b.x else "on top of"
+
+
 # ------------------------------------------------------------------------------------------ datasets
 def scene_record(scene: Scene, file_name: str, index: int) -> dict:
     """One ``metadata.jsonl`` line: the main object's shape and colour, the caption, every object."""
@@ -331,14 +408,58 @@ def fill_scene_folder(
     style: str = "color",
 ) -> None:
     """Write the scenes into the existing empty ``folder``; :func:`write_scene_dataset` without the rename."""
-    _check_splits(sizes)
+    folder, settings = Path(folder), (image_size, seed, min_objects, max_objects, object_size, style)
+    records = _draw_splits(folder, sizes, settings, processes)
+    for split, lines in records.items():
+        with (folder / split / "metadata.jsonl").open("w", encoding="utf-8") as f:
+            f.writelines(json.dumps(line) + "\n" for line in lines)
+
+
+def fill_coco_captions(
+    folder: Path,
+    image_size: int,
+    sizes: dict[str, int],
+    seed: int,
+    processes: int | None = None,
+) -> None:
+    """Write captioning scenes into the existing empty ``folder`` in the COCO captions layout.
+
+    ``folder/<split>/<index:06d>.png`` and ``folder/annotations/captions_<split>.json`` with
+    ``images[]`` (``id``, ``file_name``, ``height``, ``width``, and ``objects``: each object's
+    ``shape``, ``color`` and ``bbox`` ``[left, top, right, bottom]`` in pixels) and ``annotations[]``
+    (``id``, ``image_id``, ``caption``): the :func:`caption_variants` of each scene. Scenes have
+    :data:`CAPTION_OBJECTS` objects of :data:`CAPTION_OBJECT_SIZE`.
+    """
     folder = Path(folder)
+    settings = (image_size, seed, *CAPTION_OBJECTS, CAPTION_OBJECT_SIZE, "color")
+    records = _draw_splits(folder, sizes, settings, processes)
+    (folder / "annotations").mkdir()
+    for split, lines in records.items():
+        images, annotations = [], []
+        for image_id, record in enumerate(lines):
+            objects = [SceneObject(**o) for o in record["objects"]]
+            images.append({
+                "id": image_id, "file_name": record["file_name"], "height": image_size, "width": image_size,
+                "objects": [{"shape": o.shape, "color": o.color, "bbox": list(o.bbox)} for o in objects],
+            })  # fmt: skip
+            scene = Scene(objects, background=(0, 0, 0), image_size=image_size)  # only what captions need
+            for text in caption_variants(scene):
+                annotations.append({"id": len(annotations), "image_id": image_id, "caption": text})
+        coco = {"images": images, "annotations": annotations}
+        (folder / "annotations" / f"captions_{split}.json").write_text(json.dumps(coco), encoding="utf-8")
+
+
+def _draw_splits(folder: Path, sizes: dict[str, int], settings: tuple, processes: int | None) -> dict:
+    """Render the scenes of each split into ``folder/<split>/`` (in worker processes); their records.
+
+    ``settings``: ``(image_size, seed, min_objects, max_objects, object_size, style)``.
+    """
+    _check_splits(sizes)
     jobs = []
     for split, count in sizes.items():
         (folder / split).mkdir()
         for start in range(0, count, 500):
             numbers = range(start, min(count, start + 500))
-            settings = (image_size, seed, min_objects, max_objects, object_size, style)
             jobs.append((folder / split, split, numbers, *settings))
     records: dict[str, list[dict]] = {split: [] for split in sizes}
     processes = processes or cpu_count()
@@ -349,9 +470,7 @@ def fill_scene_folder(
     else:
         for split, chunk in map(_write_chunk, jobs):
             records[split].extend(chunk)
-    for split, lines in records.items():
-        with (folder / split / "metadata.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(json.dumps(line) + "\n" for line in lines)
+    return records
 
 
 def _check_splits(sizes: dict[str, int]) -> None:

@@ -247,6 +247,25 @@ def special_ids(tokenizer: Tokenizer) -> dict[str, int | None]:
     return ids
 
 
+class SpecialTokenIds:
+    """The special ids a DataModule gives the model (linked by the CLI), from its cached
+    ``meta["special_ids"]`` (see :func:`special_ids`)."""
+
+    @property
+    def pad_id(self) -> int:
+        return self.meta["special_ids"]["pad"]
+
+    @property
+    def bos_id(self) -> int:
+        """The token that starts every target or caption row, a decoder's first input."""
+        return self.meta["special_ids"]["bos"]
+
+    @property
+    def eos_id(self) -> int:
+        """The token that ends every target or caption."""
+        return self.meta["special_ids"]["eos"]
+
+
 def encode_texts(tokenizer: Tokenizer, texts: list[str], chunk: int = 4096) -> list[list[int]]:
     """Token ids of each text, without special tokens; a text that gives none becomes ``[<|unk|>]``."""
     unk = special_ids(tokenizer)["unk"]
