@@ -1,5 +1,6 @@
 """Pure torch networks (no Lightning), one file per model family, with named size presets."""
 
+from lightning_seq.nets.captioner import ShowAttendTell, TransformerCaptioner, spatial_features
 from lightning_seq.nets.gan import DCGAN
 from lightning_seq.nets.pixelcnn import GatedPixelCNN, PixelCNN, RowLSTM
 from lightning_seq.nets.resnet import ResNet
@@ -28,11 +29,14 @@ __all__ = [
     "RNNTagger",
     "ResNet",
     "RowLSTM",
+    "ShowAttendTell",
     "Swin",
+    "TransformerCaptioner",
     "TransformerClassifier",
     "TransformerLM",
     "TransformerSeq2Seq",
     "TransformerTagger",
     "UNet",
     "ViT",
+    "spatial_features",
 ]
