@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
+from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import nn
 
@@ -233,6 +234,11 @@ class NetModule(L.LightningModule):
             )
         for scheduler in plateaus:
             scheduler.observe(float(loss))
+
+    def data_parallel(self) -> bool:
+        """Whether this run trains with DDP over two processes or more (in ``setup``: before the wrap)."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        return isinstance(strategy, DDPStrategy) and self.trainer.world_size > 1
 
     # ----------------------------------------------------------------------------- checkpoints
     def resume_state(self) -> dict:

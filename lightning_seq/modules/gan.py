@@ -48,7 +48,6 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.core.optimizer import LightningOptimizer, do_nothing_closure
-from lightning.pytorch.strategies import DDPStrategy
 from torch import Tensor, nn
 
 from lightning_seq.data import pixels as px
@@ -177,14 +176,13 @@ class GAN(GenerativeModule):
         }
 
     def setup(self, stage: str) -> None:
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if not isinstance(strategy, DDPStrategy) or self.trainer.world_size < 2:
+        if not self.data_parallel():
             return
         if self.hparams.sync_batchnorm:
             sync_batch_norm(self.net)
         # Each backward reaches only one of the two nets (the other is detached or frozen by the toggle),
         # which DDP's reducer accepts only when it looks for the parameters a backward did not use.
-        strategy._ddp_kwargs["find_unused_parameters"] = True
+        self.trainer.strategy._ddp_kwargs["find_unused_parameters"] = True
 
     # -------------------------------------------------------------------------------- noise
     def item_noise(self, index: Tensor, stream: int) -> Tensor:
