@@ -8,6 +8,7 @@ toggling, exact resume); :class:`TokenizersInCheckpoints` carries tokenizers for
 from lightning_seq.modules._base import NetModule, Optimization
 from lightning_seq.modules._generative import GenerativeModule
 from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
+from lightning_seq.modules.captioner import Captioner
 from lightning_seq.modules.classifier import SequenceClassifier, SequenceTagger
 from lightning_seq.modules.diffusion import Diffusion
 from lightning_seq.modules.gan import GAN
@@ -19,6 +20,7 @@ from lightning_seq.modules.vae import VariationalAutoencoder
 
 __all__ = [
     "GAN",
+    "Captioner",
     "Diffusion",
     "GenerativeModule",
     "ImageClassifier",
