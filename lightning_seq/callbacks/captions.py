@@ -32,7 +32,7 @@ class AttentionMaps(L.Callback):
         tile_size: each panel is scaled (nearest neighbour) to about this many pixels a side.
     """
 
-    def __init__(self, num_images: int = 4, max_words: int = 16, tile_size: int = 64):
+    def __init__(self, num_images: int = 4, max_words: int = 24, tile_size: int = 64):
         if num_images < 1 or max_words < 1 or tile_size < 8:
             raise InputError(
                 "AttentionMaps: expected num_images >= 1, max_words >= 1 and tile_size >= 8, got "
@@ -98,7 +98,7 @@ def attention_grid(
     words: list[list[str]],
     attention: torch.Tensor | None,
     grid: tuple[int, int],
-    max_words: int = 16,
+    max_words: int = 24,
     tile_size: int = 64,
 ) -> Image.Image:
     """One row per image: the image, then one panel per word with its attention over the image.
