@@ -9,7 +9,7 @@ from lightning_seq.layers.attention import (
     causal_mask,
 )
 from lightning_seq.layers.batch_norm import ClassConditionalBatchNorm, CrossProcessBatchNorm, sync_batch_norm
-from lightning_seq.layers.channel_attention import SqueezeExcitation
+from lightning_seq.layers.channel_attention import ConditionalChannelAttention, SqueezeExcitation
 from lightning_seq.layers.gaussian import (
     diagonal_normal_log_prob,
     kl_diagonal_standard,
@@ -75,6 +75,7 @@ __all__ = [
     "KV",
     "AdditiveAttention",
     "ClassConditionalBatchNorm",
+    "ConditionalChannelAttention",
     "CrossProcessBatchNorm",
     "Downsample",
     "DropPath",
