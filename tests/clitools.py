@@ -19,6 +19,11 @@ SMALL_IMAGES = [
     "--data.init_args.num_train=256", "--data.init_args.num_val=64", "--data.init_args.num_test=64",
     "--data.init_args.batch_size=32",
 ]  # fmt: skip
+# a few dozen embedded caption scenes instead of 11,000
+FEW_CAPTIONS = [
+    "--data.init_args.train_size=64", "--data.init_args.val_size=16", "--data.init_args.test_size=16",
+    "--data.init_args.batch_size=16",
+]  # fmt: skip
 # SampleQuality at a smoke run's size: 64 samples against the 64 validation images, with a feature net
 # trained in seconds (the recipes' default one takes a minute; its quality is not what these tests check)
 FEW_SAMPLES = [

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from clitools import (
+    FEW_CAPTIONS,
     REPO,
     SMOKE,
     assert_one_error,
@@ -21,13 +22,13 @@ from clitools import (
     run_python,
 )
 from PIL import Image
+from wandbfiles import read_wandb_run
+
+from lightning_seq.modules.caption_metrics import coco_scores_unavailable
 
 RECIPE = {name: str(REPO / "recipes" / f"{name}.yaml") for name in ("caption", "caption_transformer")}
 NANO = "--model.init_args.net.init_args.preset=nano"
-FEW_SCENES = [
-    "--data.init_args.train_size=64", "--data.init_args.val_size=16", "--data.init_args.test_size=16",
-    "--data.init_args.batch_size=16", "--trainer.check_val_every_n_epoch=1",
-]  # fmt: skip
+FEW_SCENES = [*FEW_CAPTIONS, "--trainer.check_val_every_n_epoch=1"]
 METRICS = {f"val/bleu{n}" for n in range(1, 5)} | {"val/cider", "val/scene_acc", "val/loss", "val/ppl"}
 
 
@@ -53,19 +54,29 @@ def test_both_caption_recipes_train_score_and_draw_attention_through_the_cli(nam
     assert sorted(p.name for p in (run / "attention").iterdir())[-1] == "step_000004.png"
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert "tokenizer" in state and state["image_stats"]["image_size"] == 32
+    # on W&B (an offline run, read back from its files): the attention grid and the table of captions
+    (wandb_run,) = (tmp_path / "runs").rglob("offline-run-*")
+    logged = {key for row in read_wandb_run(wandb_run)["history"] for key in row}
+    assert {"val/attention", "val/captions", "val/cider"} <= logged
 
 
 def test_a_captioner_checkpoint_tests_predicts_and_captions_files_in_a_fresh_process(cli, tmp_path):
     ok(cli("fit", "--config", RECIPE["caption"], "--config", SMOKE, NANO, *FEW_SCENES, cwd=tmp_path))
     last = run_dir(tmp_path, "caption") / "checkpoints" / "last.ckpt"
-    result = ok(cli("test", "--config", RECIPE["caption"], NANO, *FEW_SCENES[:4], f"--ckpt_path={last}",
+    result = ok(cli("test", "--config", RECIPE["caption"], NANO, *FEW_CAPTIONS, f"--ckpt_path={last}",
                     "--trainer.logger=false", cwd=tmp_path))  # fmt: skip
     for name in ("test/bleu4", "test/cider", "test/scene_acc"):
         assert name in result.stdout, name
+    # the official COCO scores, by pycocoevalcap (its Java tokenizer and METEOR), or one line saying why not
+    missing = coco_scores_unavailable()
+    if missing is None:
+        assert all(f"test/coco_{name}" in result.stdout for name in ("bleu4", "meteor", "rouge_l", "cider"))
+    else:
+        assert result.stderr.count("Official COCO caption scores skipped") == 1
 
     files = image_files(tmp_path / "photos")
     photos = f"--data.init_args.predict_images={tmp_path / 'photos'}"
-    predict = ["predict", "--config", RECIPE["caption"], NANO, f"--ckpt_path={last}", photos, *FEW_SCENES[:4]]
+    predict = ["predict", "--config", RECIPE["caption"], NANO, f"--ckpt_path={last}", photos, *FEW_CAPTIONS]
     ok(cli(*predict, "--trainer.logger=false", cwd=tmp_path))
     rows = [json.loads(line) for line in next(tmp_path.rglob("predictions.jsonl")).read_text().splitlines()]
     assert sorted(Path(r["file"]).name for r in rows) == [f.name for f in files]

@@ -86,17 +86,18 @@ def test_a_vae_killed_with_sigkill_resumes_to_the_weights_of_an_uninterrupted_ru
     uninterrupted one does."""
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     data = {"num_train": 256, "num_val": 64, "num_test": 64, "batch_size": 32}
-    steps = 120
+    steps = 60
+    net = {"preset": "conv_small", "widths": [8, 16], "hidden": [32]}  # the recipe's layout, narrower
 
     def args(folder):
         folder.mkdir()
-        fragment = checkpointing_fragment(folder, steps, 3, 10, {"preset": "conv_small"}, data)
+        fragment = checkpointing_fragment(folder, steps, 3, 10, net, data)
         return ["fit", "--config", RECIPE["vae_conv"], "--config", fragment]
 
     reference = tmp_path / "reference"
     ok(cli(*args(reference), cwd=reference, env=one_thread))
     expected = torch.load(reference / "runs/job/version_0/checkpoints/last.ckpt", weights_only=True)
-    for target in (29, 83):
+    for target in (13, 37):
         folder = tmp_path / f"kill{target}"
         killed = args(folder)
         killed_at = kill_after(killed, folder, target, one_thread)

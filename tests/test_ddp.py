@@ -10,7 +10,7 @@ from clitools import CSV_ONLY, DDP, FEW_SAMPLES, REPO, ok
 
 CHAR_LSTM, VIT = str(REPO / "recipes" / "char_lstm.yaml"), str(REPO / "recipes" / "vit.yaml")
 VAE, PIXELCNN = str(REPO / "recipes" / "vae_conv.yaml"), str(REPO / "recipes" / "pixelcnn.yaml")
-DDPM_COND = str(REPO / "recipes" / "ddpm_cond.yaml")
+DDPM_COND, CAPTION = str(REPO / "recipes" / "ddpm_cond.yaml"), str(REPO / "recipes" / "caption.yaml")
 SCENES = ["--data.init_args.num_train=512", "--data.init_args.num_val=64", "--data.init_args.num_test=64"]
 STEPS = 12
 COMMON = [f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=6", "--trainer.limit_val_batches=2",
@@ -46,6 +46,13 @@ CASES = {
         DDPM_COND, "--model.init_args.net.init_args.preset=nano", "--model.init_args.sample_steps=5",
         "--data.init_args.augment={crop_scale: null, hflip: false}",
         *FEW_SAMPLES, *SCENES,
+    ],
+    # A captioner: batch norm over the global batch in its encoder, the cross entropy per token of the
+    # global batch (the ranks' captions differ in length), the caption of each image drawn per epoch;
+    # the validation captions and attention maps are drawn on rank zero while both ranks score theirs.
+    "caption": [
+        CAPTION, "--model.init_args.net.init_args.preset=nano", "--data.init_args.train_size=192",
+        "--data.init_args.val_size=32", "--data.init_args.test_size=16",
     ],
 }  # fmt: skip
 

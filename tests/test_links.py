@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 import torch
-from clitools import CSV_ONLY, RECIPES, REPO, SMALL_IMAGES, SMOKE, ok, run_dir
+from clitools import CSV_ONLY, FEW_CAPTIONS, RECIPES, REPO, SMALL_IMAGES, SMOKE, ok, run_dir
 
 from lightning_seq.cli import LightningSeqCLI, check_linked_settings, user_settings
 from lightning_seq.errors import InputError
@@ -14,6 +14,7 @@ TRANSLATION = {"net.src_vocab_size", "net.tgt_vocab_size", "pad_id", "bos_id", "
 LABELLED_TEXT = {"net.vocab_size", "net.num_classes", "pad_id", "classes"}
 IMAGES = {"net.num_classes", "net.image_size", "net.in_channels", "classes"}
 GENERATIVE = {"net.image_size", "net.in_channels", "pixels"}  # unlabelled: no classes
+CAPTIONS = {"net.vocab_size", "net.image_size", "net.in_channels", "pad_id", "bos_id", "eos_id"}
 EXPECTED = {
     "char_lstm": LM, "word_gru": LM, "rnn_tanh": LM, "gpt": LM, "linear_gpt": LM,
     "translate": TRANSLATION, "translate_rnn": TRANSLATION,
@@ -22,6 +23,7 @@ EXPECTED = {
     "vae": GENERATIVE, "vae_conv": GENERATIVE, "pixelcnn": GENERATIVE,
     "dcgan": GENERATIVE, "cgan": GENERATIVE | {"net.num_classes", "num_classes"},
     "ddpm": GENERATIVE, "ddpm_cond": GENERATIVE | {"net.num_classes", "num_classes"},
+    "caption": CAPTIONS, "caption_transformer": CAPTIONS,
 }  # fmt: skip
 
 
@@ -37,7 +39,10 @@ def test_every_recipe_receives_every_size_it_needs_and_no_other(tmp_path, monkey
     assert {p.stem for p in RECIPES} == set(EXPECTED)
     monkeypatch.chdir(tmp_path)
     for recipe in RECIPES:
-        small = SMALL_IMAGES if "ImageDataModule" in recipe.read_text() else []
+        text = recipe.read_text()
+        small = (
+            SMALL_IMAGES if "ImageDataModule" in text else FEW_CAPTIONS if "CaptionDataModule" in text else []
+        )
         cli = LightningSeqCLI(
             args=["--config", str(recipe), "--config", SMOKE, "--config", CSV_ONLY, *small], run=False
         )

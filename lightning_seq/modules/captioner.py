@@ -28,6 +28,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info
 from PIL import Image
 from tokenizers import Tokenizer
 from torch import nn
@@ -44,7 +45,7 @@ from lightning_seq.layers.batch_norm import sync_batch_norm
 from lightning_seq.modules._base import NetModule, Optimization
 from lightning_seq.modules._generation import GenerationFromData
 from lightning_seq.modules._tokenizers import TokenizersInCheckpoints
-from lightning_seq.modules.caption_metrics import CIDErD, bleu_texts
+from lightning_seq.modules.caption_metrics import CIDErD, bleu_texts, coco_scores, coco_scores_unavailable
 from lightning_seq.modules.image_classifier import load_classifier
 
 IMAGE_STATS = "image_stats"  # the checkpoint key of the data's image size, channels, mean and std
@@ -74,6 +75,10 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
         freeze_encoder_epochs: keep the encoder frozen (no gradients, batch-norm statistics fixed) for
             this many epochs, then fine-tune it. Under DDP a frozen encoder's parameters get no gradients:
             run with ``--trainer.strategy=ddp_find_unused_parameters_true``.
+        coco_scores: at the end of ``lightning test``, also log the official COCO scores of the test captions
+            (``test/coco_bleu4``, ``test/coco_meteor``, ``test/coco_rouge_l``, ``test/coco_cider``, by
+            ``pycocoevalcap`` with its Java PTB tokenizer and METEOR) when ``pycocoevalcap`` and Java are
+            installed; otherwise say once why not.
         sync_batchnorm: under DDP, batch norm uses the statistics of the global batch
             (:func:`~lightning_seq.layers.sync_batch_norm`), so that two processes train as one.
         **kwargs: optimizer, schedule and ``compile``: see :class:`~lightning_seq.modules.NetModule`.
@@ -95,6 +100,7 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
         encoder_checkpoint: str | None = None,
         encoder_lr_scale: float = 1.0,
         freeze_encoder_epochs: int = 0,
+        coco_scores: bool = True,
         sync_batchnorm: bool = True,
         **kwargs,
     ):
@@ -207,6 +213,20 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
                 f"{stage}/{name}", metrics[name], prog_bar=name == "bleu4", on_epoch=True, batch_size=size
             )
         return hypotheses
+
+    def on_test_epoch_end(self) -> None:
+        cider = self.metrics["test"]["cider"]
+        if not self.hparams.coco_scores or not cider.update_called:
+            return
+        reason = coco_scores_unavailable()
+        if reason is not None:
+            rank_zero_info(f"Official COCO caption scores skipped: {reason}.")
+            return
+        hypotheses, references = cider.captions()  # every rank's (a collective: all ranks call it)
+        if self.trainer.is_global_zero:
+            scores = coco_scores(hypotheses, references) or {}
+            for name, value in scores.items():
+                self.log(f"test/coco_{name}", value, rank_zero_only=True)
 
     # ------------------------------------------------------------------------------ generation
     def decode_step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:

@@ -15,7 +15,7 @@ otherwise), chrF (character n-grams up to 6, beta 2, SacreBLEU's default) and th
 sentences translated exactly right.
 """
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -57,7 +57,7 @@ class Seq2Seq(TokenizersInCheckpoints, GenerationFromData, NetModule):
     """
 
     TOKENIZERS = ("src_tokenizer", "tgt_tokenizer")
-    DEFAULT_GENERATION = DEFAULT_GENERATION
+    DEFAULT_GENERATION: ClassVar[dict] = DEFAULT_GENERATION
     src_tokenizer: Tokenizer | None = None
     tgt_tokenizer: Tokenizer | None = None
 
