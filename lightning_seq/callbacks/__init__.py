@@ -1,7 +1,8 @@
 """Callbacks shared by every family: gradient clipping/monitoring, perplexity, sample generation,
 captions with their attention maps, labelled image grids, generative image samples and their quality
-(FID, KID, conditional accuracy), fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run id), a progress bar that counts
-steps when ``max_steps`` ends the run and a model summary without uncounted FLOPs."""
+(FID, KID, conditional accuracy), fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run
+id), a progress bar that counts steps when ``max_steps`` ends the run and a model summary without
+uncounted FLOPs."""
 
 from lightning_seq.callbacks.captions import AttentionMaps
 from lightning_seq.callbacks.elbo import ELBOLogging
