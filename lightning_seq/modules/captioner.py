@@ -344,18 +344,17 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
         )
         classifier = load_classifier(path, field=field).net
         encoder = self.net.encoder
+        mine = encoder.state_dict()
         # the classifier's head is no part of the encoder (a captioner's encoder may have dropped it)
-        kept = {k for k in encoder.state_dict()}
-        weights = {k: v for k, v in classifier.state_dict().items() if k in kept or not k.startswith("head.")}
-        try:
-            encoder.load_state_dict(weights)
-        except RuntimeError as err:
-            reason = " ".join(str(err).split("\n\t")[1:2]) or str(err).splitlines()[0]
+        theirs = {k: v for k, v in classifier.state_dict().items() if k in mine or not k.startswith("head.")}
+        problems = _mismatch(mine, theirs)
+        if problems:
             raise InputError(
                 f"{field}: the net of '{path}' ({type(classifier).__name__}) does not fit this captioner's "
-                f"encoder ({reason[:200]}). Fix: give the captioner's encoder the classifier's architecture "
-                "(the encoder_* settings of the net, or model.init_args.net.init_args.encoder)."
-            ) from None
+                f"encoder ({problems}). Fix: give the captioner's encoder the classifier's architecture (the "
+                "net's encoder_* settings, e.g. encoder_depths and encoder_se_reduction, or its encoder)."
+            )
+        encoder.load_state_dict(theirs)
 
     def optimizations(self) -> dict[str, Optimization]:
         """One optimizer; the encoder's parameters at ``encoder_lr_scale`` x its learning rate."""
@@ -388,6 +387,23 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
         super().on_load_checkpoint(checkpoint)
         if IMAGE_STATS in checkpoint:
             self.image_stats = dict(checkpoint[IMAGE_STATS])
+
+
+def _mismatch(mine: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor]) -> str:
+    """How two state dicts differ, in a few words ("" when one loads into the other)."""
+    missing = [k for k in mine if k not in theirs]
+    extra = [k for k in theirs if k not in mine]
+    shapes = [k for k in mine if k in theirs and mine[k].shape != theirs[k].shape]
+    parts = [
+        f"{len(keys)} {what}, e.g. {keys[0]}"
+        for keys, what in (
+            (missing, "weights it lacks"),
+            (extra, "weights it has not"),
+            (shapes, "of other shapes"),
+        )
+        if keys
+    ]
+    return "; ".join(parts)
 
 
 def _up_to_eos(tokens: torch.Tensor, eos_id: int, include_eos: bool = True) -> torch.Tensor:

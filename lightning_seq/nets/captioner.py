@@ -163,9 +163,13 @@ class _CaptionNet(nn.Module):
         widths: tuple[int, ...],
         depths: tuple[int, ...],
         stem: str,
+        se_reduction: int = 16,
     ) -> None:
         if encoder is None:
-            encoder = ResNet(image_size, in_channels, 1, tuple(widths), tuple(depths), se=True, stem=stem)
+            encoder = ResNet(
+                image_size, in_channels, 1, tuple(widths), tuple(depths), se=True, se_reduction=se_reduction,
+                stem=stem,
+            )  # fmt: skip
             encoder.head = nn.Identity()  # unused by a captioner (and DDP wants no unused parameters)
         if not isinstance(encoder, nn.Module):
             raise InputError(f"{type(self).__name__}: encoder={encoder!r} is not an nn.Module.")
@@ -259,6 +263,8 @@ class ShowAttendTell(Presets, _CaptionNet):
         encoder_widths: Stage widths of the default ResNet encoder.
         encoder_depths: Blocks per stage of the default ResNet encoder.
         encoder_stem: ``"cifar"`` or ``"imagenet"`` stem of the default ResNet encoder.
+        encoder_se_reduction: its squeeze-and-excitation bottleneck reduction (``recipes/resnet_se.yaml``'s
+            is 4: set it, and its depths, to start the encoder from that recipe's checkpoint).
         embed_dim: Width of the word embedding ``E`` (and of the deep output layer).
         hidden_size: Width of the LSTM state ``h``.
         attn_dim: Hidden width of the attention MLPs (spatial and channel).
@@ -298,6 +304,7 @@ class ShowAttendTell(Presets, _CaptionNet):
         encoder_widths: tuple[int, ...] = (16, 32, 64),
         encoder_depths: tuple[int, ...] = (1, 1, 1),
         encoder_stem: Literal["cifar", "imagenet"] = "cifar",
+        encoder_se_reduction: int = 16,
         embed_dim: int = 64,
         hidden_size: int = 256,
         attn_dim: int = 128,
@@ -313,7 +320,15 @@ class ShowAttendTell(Presets, _CaptionNet):
             embed_dim=embed_dim, hidden_size=hidden_size, attn_dim=attn_dim,
         )  # fmt: skip
         _check_choice("ShowAttendTell", "attention", attention, get_args(AttentionKind))
-        self._set_encoder(encoder, image_size, in_channels, encoder_widths, encoder_depths, encoder_stem)
+        self._set_encoder(
+            encoder,
+            image_size,
+            in_channels,
+            encoder_widths,
+            encoder_depths,
+            encoder_stem,
+            encoder_se_reduction,
+        )
         self.vocab_size, self.attention, self.hidden_size = vocab_size, attention, hidden_size
         d = self.feature_dim
         self.embedding = nn.Embedding(vocab_size, embed_dim)
@@ -470,6 +485,8 @@ class TransformerCaptioner(Presets, _CaptionNet):
         encoder_widths: Stage widths of the default ResNet encoder.
         encoder_depths: Blocks per stage of the default ResNet encoder.
         encoder_stem: ``"cifar"`` or ``"imagenet"`` stem of the default ResNet encoder.
+        encoder_se_reduction: its squeeze-and-excitation bottleneck reduction (``recipes/resnet_se.yaml``'s
+            is 4: set it, and its depths, to start the encoder from that recipe's checkpoint).
         dim: Model width ``d``.
         depth: Decoder blocks.
         heads: Attention heads.
@@ -516,6 +533,7 @@ class TransformerCaptioner(Presets, _CaptionNet):
         encoder_widths: tuple[int, ...] = (16, 32, 64),
         encoder_depths: tuple[int, ...] = (1, 1, 1),
         encoder_stem: Literal["cifar", "imagenet"] = "cifar",
+        encoder_se_reduction: int = 16,
         dim: int = 128,
         depth: int = 2,
         heads: int = 4,
@@ -536,7 +554,15 @@ class TransformerCaptioner(Presets, _CaptionNet):
         )  # fmt: skip
         _check_choice("TransformerCaptioner", "positions", positions, ("sinusoidal", "learned"))
         _check_choice("TransformerCaptioner", "image_positions", image_positions, ("learned", "sinusoidal"))
-        self._set_encoder(encoder, image_size, in_channels, encoder_widths, encoder_depths, encoder_stem)
+        self._set_encoder(
+            encoder,
+            image_size,
+            in_channels,
+            encoder_widths,
+            encoder_depths,
+            encoder_stem,
+            encoder_se_reduction,
+        )
         self.vocab_size, self.dim, self.scale = vocab_size, dim, dim**0.5
         self.memory_proj = nn.Linear(self.feature_dim, dim)  # W_m
         if image_positions == "learned":
