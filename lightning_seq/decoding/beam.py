@@ -44,8 +44,11 @@ def beam_search(
     log-probability, the best ``K`` are kept (``torch.topk`` over ``K * V``) and the state is
     reordered to follow their parent beams. At the first step all ``K`` beams of a row are the
     same hypothesis, so only beam 0 is expanded. A beam that emitted EOS is frozen: its only
-    continuation is EOS with log-prob 0, so it keeps its score while the others go on. Search
-    ends when every beam has finished or after ``max_new_tokens``; the returned hypothesis is
+    continuation is EOS with log-prob 0, so it keeps its score while the others go on. A prompt
+    whose beams have all finished leaves the batch (its rows leave the state, and later step calls
+    have fewer rows), so a batch of captions of different lengths costs little more than its
+    longest caption's beams alone. Search ends when every beam has finished or after
+    ``max_new_tokens``; the returned hypothesis is
     the beam with the best length-penalised score, where ``|y|`` counts generated tokens up to
     and including EOS. ``length_penalty = 0`` ranks by raw log-probability; larger values
     favour longer outputs.
@@ -76,22 +79,31 @@ def beam_search(
     finished = torch.zeros(batch, k, dtype=torch.bool, device=device)  # (B, K)
     lengths = torch.zeros(batch, k, dtype=torch.long, device=device)  # (B, K)
     history = prompt.new_empty(batch, k, 0)  # (B, K, t)
-    row_offset = torch.arange(batch, device=device)[:, None] * k  # (B, 1)
+    active = torch.arange(
+        batch, device=device
+    )  # the prompts still decoding: their beams are the state's rows
+    stay = torch.arange(k, device=device).expand(batch, k)  # (B, K): a finished prompt's beams stay in place
+    filler = eos_id if eos_id is not None else 0  # what a finished prompt's beams emit: EOS, at log-prob 0
     for t in range(max_new_tokens):
-        vocab = logits.size(-1)
-        log_probs = logits.float().log_softmax(dim=-1).view(batch, k, vocab)  # (B, K, V)
-        log_probs = _freeze_finished(log_probs, finished, eos_id)
-        candidates = (scores[..., None] + log_probs).view(batch, k * vocab)  # (B, K*V)
-        scores, flat = candidates.topk(k, dim=-1)  # (B, K)
-        parent, token = flat // vocab, flat % vocab  # (B, K) each
-        history = torch.cat([history.gather(1, parent[..., None].expand_as(history)), token[..., None]], 2)
-        was_finished = finished.gather(1, parent)  # (B, K)
-        lengths = lengths.gather(1, parent) + (~was_finished).long()
-        finished = was_finished if eos_id is None else was_finished | (token == eos_id)
-        state = select_state(state, (parent + row_offset).view(-1))  # (B*K,) rows
-        if t == max_new_tokens - 1 or bool((finished | scores.isneginf()).all()):
+        n, vocab = active.numel(), logits.size(-1)
+        log_probs = logits.float().log_softmax(dim=-1).view(n, k, vocab)  # (n, K, V)
+        log_probs = _freeze_finished(log_probs, finished[active], eos_id)
+        candidates = (scores[active][..., None] + log_probs).view(n, k * vocab)  # (n, K*V)
+        top, flat = candidates.topk(k, dim=-1)  # (n, K)
+        parent, token = flat // vocab, flat % vocab  # (n, K) each
+        parents, tokens = stay.clone(), torch.full_like(stay, filler)  # (B, K) each
+        parents[active], tokens[active], scores[active] = parent, token, top
+        history = torch.cat([history.gather(1, parents[..., None].expand_as(history)), tokens[..., None]], 2)
+        was_finished = finished.gather(1, parents)  # (B, K)
+        lengths = lengths.gather(1, parents) + (~was_finished).long()
+        finished = was_finished if eos_id is None else was_finished | (tokens == eos_id)
+        done = (finished[active] | scores[active].isneginf()).all(dim=-1)  # (n,): every beam ended
+        if t == max_new_tokens - 1 or bool(done.all()):
             break
-        logits, state = step(token.view(batch * k, 1), state)  # (B*K, V)
+        keep = (~done).nonzero().squeeze(1)  # (n',) the prompts that go on, among the active ones
+        state = select_state(state, (parent[keep] + keep[:, None] * k).view(-1))  # (n'*K,) rows
+        active = active[keep]
+        logits, state = step(token[keep].view(-1, 1), state)  # (n'*K, V)
     return _pick_best(history, scores, lengths, length_penalty)
 
 

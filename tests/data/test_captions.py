@@ -1,3 +1,8 @@
+"""CaptionDataModule and the scene captions: five references per scene that parse back to its objects,
+the embedded data through the real COCO reader, COCO / Karpathy / Flickr8k / Hugging Face files read
+from real PNGs, batches as the captioner expects them, per-epoch caption draws, resume, sharding, and one
+clear line for each kind of bad entry."""
+
 import json
 from collections import Counter
 from pathlib import Path

@@ -196,9 +196,12 @@ def test_batched_beam_equals_each_prompt_alone_and_scores_are_true_logprobs():
 
 
 def test_wrong_state_reorder_is_detected(monkeypatch):
-    # Guards the test above: with the reorder disabled, scores stop matching the returned tokens.
+    # Guards the test above: with the state's rows in sorted order instead of following their beams
+    # (the same rows, as many, in the wrong order), scores stop matching the returned tokens.
     model = TinyRNN(seed=0)
-    monkeypatch.setattr(beam_module, "select_state", lambda state, index: state)
+    monkeypatch.setattr(
+        beam_module, "select_state", lambda state, index: select_state(state, index.sort().values)
+    )
     tokens, scores = beam_search(model.step, PROMPTS, 10, num_beams=3, eos_id=EOS)
     mismatches = 0
     for i in range(len(PROMPTS)):
@@ -385,3 +388,23 @@ def test_decoding_builds_no_graph():
     prompt = torch.tensor([[1]])
     assert not greedy(step, prompt, 3).requires_grad
     assert not beam_search(step, prompt, 3, num_beams=2)[1].requires_grad
+
+
+def test_a_prompt_whose_beams_have_all_finished_leaves_the_batch():
+    # Token 1 is followed by EOS for sure; tokens 2 and 3 never lead to EOS. The first prompt is done after
+    # one step, so every later call has the second prompt's K rows only, and its result is the same.
+    log_table = torch.full((4, 4), -math.inf)
+    log_table[1, EOS] = 0.0
+    log_table[2:, 2:] = math.log(0.5)
+    rows = []
+
+    def step(tokens, state):
+        rows.append(tokens.size(0))
+        return markov_step(log_table)(tokens, state)
+
+    prompts = torch.tensor([[1], [2]])
+    tokens, scores = beam_search(step, prompts, 5, num_beams=3, length_penalty=0.0, eos_id=EOS)
+    assert rows == [2, 3, 3, 3, 3]  # the prompts, then the second prompt's 3 beams alone
+    assert tokens[0].tolist()[:1] == [EOS] and scores[0] == 0.0
+    alone, alone_score = beam_search(markov_step(log_table), prompts[1:], 5, num_beams=3, length_penalty=0.0)
+    assert tokens[1].tolist() == alone[0].tolist() and scores[1] == alone_score[0]
