@@ -51,7 +51,7 @@ from lightning_seq.callbacks.fault_tolerance import (
     RunIdentity,
     listen_for,
 )
-from lightning_seq.callbacks.progress import NetSummary, StepProgressBar
+from lightning_seq.callbacks.progress import LineProgress, NetSummary, StepProgressBar
 from lightning_seq.checkpointing import (
     AtomicCheckpointIO,
     checkpoint_class,
@@ -1120,15 +1120,16 @@ def _config_value(config: object, key: str) -> str | None:
 
 def _default_callbacks(config: dict, callbacks: list[Callback]) -> list[Callback]:
     """What ``fit`` adds unless the recipe has its own: the NaN/Inf guard, the requeue on Slurm's signal,
-    the W&B run id keeper, and (unless they are off) the progress bar that counts steps and the model
-    summary without FLOPs that nothing counted."""
+    the W&B run id keeper, and (unless they are off) the progress bar that counts steps (plain lines
+    when standard output is not a terminal) and the model summary without FLOPs that nothing counted."""
     given = config.get("callbacks") or []
     present = [*(given if isinstance(given, list) else [given]), *callbacks]
     kinds = {type(c) for c in present}
     added = [c for c in (NonFiniteLoss(), RequeueOnSignal(), RunIdentity()) if type(c) not in kinds]
     has_bar = any(isinstance(c, ProgressBar) for c in present)
     if config.get("enable_progress_bar") is not False and not has_bar:
-        added.append(StepProgressBar())  # "step 1019/1400" rather than "Epoch 13/-2"
+        # "step 1019/1400" rather than "Epoch 13/-2"; where the output is a file, plain lines
+        added.append(StepProgressBar() if sys.stdout.isatty() else LineProgress())
     has_summary = any(isinstance(c, ModelSummary) for c in present)
     if config.get("enable_model_summary") is not False and not has_summary:
         added.append(NetSummary())  # no "Total FLOPs: 0"

@@ -124,7 +124,19 @@ def test_a_size_set_in_a_recipe_file_is_refused_naming_the_file(cli, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_progress_bar_of_a_run_of_steps_counts_steps(cli, tmp_path):
+def test_the_progress_of_a_run_of_steps_counts_steps_in_plain_lines_when_the_output_is_a_file(cli, tmp_path):
+    """Standard output to a file (a Slurm job's, a pipe): plain lines, no escape codes, the steps of the
+    run counted, the train metrics as they go and the val metrics after each validation."""
     result = ok(cli("fit", *CHAR_LSTM, "--trainer.enable_progress_bar=true", cwd=tmp_path))
-    assert re.search(r"step 4/4\s.*epoch 0", result.stdout), result.stdout[-2000:]
-    assert "/-2" not in result.stdout
+    assert re.search(r"^step 4/4 \(epoch 0\) \| train/loss [\d.]+ \|", result.stdout, re.M), result.stdout[
+        -2000:
+    ]
+    assert "/-2" not in result.stdout and "\x1b[" not in result.stdout
+    every_step = '--trainer.callbacks+={"class_path": "lightning_seq.callbacks.LineProgress", ' \
+        '"init_args": {"every_n_steps": 1}}'  # fmt: skip
+    result = ok(cli("fit", *CHAR_LSTM, "--trainer.enable_progress_bar=true", every_step, cwd=tmp_path))
+    steps = re.findall(
+        r"^step (\d)/4 \(epoch 0\) \| train/loss [\d.]+ \| [\d.]+ it/s \| elapsed", result.stdout, re.M
+    )
+    assert steps == ["1", "2", "3", "4"], result.stdout[-2000:]  # every step (the last one once)
+    assert re.search(r"^validation at step 2: val/bpc [\d.]+, .*val/loss [\d.]+", result.stdout, re.M)

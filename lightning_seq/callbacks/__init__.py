@@ -10,7 +10,7 @@ from lightning_seq.callbacks.fault_tolerance import NonFiniteLoss, RequeueOnSign
 from lightning_seq.callbacks.gradients import GradientClipping
 from lightning_seq.callbacks.images import ImagePredictions, ImageSamples
 from lightning_seq.callbacks.perplexity import Perplexity, TokenNLL
-from lightning_seq.callbacks.progress import NetSummary, StepProgressBar
+from lightning_seq.callbacks.progress import LineProgress, NetSummary, StepProgressBar
 from lightning_seq.callbacks.quality import FeatureNetTraining, SampleQuality
 from lightning_seq.callbacks.samples import SampleGeneration
 
@@ -21,6 +21,7 @@ __all__ = [
     "GradientClipping",
     "ImagePredictions",
     "ImageSamples",
+    "LineProgress",
     "NetSummary",
     "NonFiniteLoss",
     "Perplexity",

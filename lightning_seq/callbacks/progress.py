@@ -1,11 +1,15 @@
 """What the console shows of a run: Lightning's rich progress bar, counting steps when ``max_steps`` is
-what ends the run, and its model summary without FLOPs that were never counted."""
+what ends the run; plain progress lines where the output is not a terminal (a Slurm output file, a pipe,
+CI); and the model summary without FLOPs that were never counted."""
 
+import datetime
+import time
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import RichModelSummary, RichProgressBar
+from lightning.pytorch.callbacks import ProgressBar, RichModelSummary, RichProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import BatchesProcessedColumn
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 from rich.console import Console
 from rich.progress import Task
@@ -83,6 +87,92 @@ class StepProgressBar(RichProgressBar):
             visible=True,
             epoch=trainer.current_epoch,
         )
+
+
+class LineProgress(ProgressBar):
+    """Plain progress lines, for output that is not a terminal: a Slurm job's output file, ``| tee``, CI.
+
+    A rich bar redraws itself with escape codes that a file keeps as noise, or shows nothing until the
+    end; this prints one line every ``every_n_seconds`` (and every ``every_n_steps`` steps, when set)::
+
+        step 1019/1400 (epoch 13) | train/loss 1.234 | 8.21 it/s | elapsed 0:02:04 | ETA 0:00:46
+
+    then one line of the validation metrics after each validation, and the last step's line when training
+    ends.
+    No escape codes; printed by global rank zero only, flushed at once. The command line uses it in
+    ``fit`` instead of :class:`StepProgressBar` when standard output is not a terminal.
+
+    Args:
+        every_n_seconds: at most this long between two lines.
+        every_n_steps: also a line every this many steps (None: by time only).
+    """
+
+    def __init__(self, every_n_seconds: float = 30.0, every_n_steps: int | None = None):
+        super().__init__()
+        self.every_n_seconds, self.every_n_steps = every_n_seconds, every_n_steps
+        self._enabled = True
+        self._start = self._last = 0.0
+        self._start_step = self._last_step = 0
+        self._total: int | None = None
+        self._epoch = 0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = self._last = time.monotonic()
+        self._start_step = self._last_step = trainer.global_step
+        total = trainer.estimated_stepping_batches
+        self._total = int(total) if total != float("inf") else None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step, now = trainer.global_step, time.monotonic()
+        self._epoch = trainer.current_epoch  # of the last step (the count has moved on once training ends)
+        by_steps = self.every_n_steps is not None and step % self.every_n_steps == 0
+        if self._enabled and (by_steps or now - self._last >= self.every_n_seconds):
+            self._print_step(trainer, pl_module, now)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._enabled or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        if metrics:
+            print(f"validation at step {trainer.global_step}: {_format(metrics)}", flush=True)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._enabled and trainer.global_step != self._last_step:  # the last step, unless just printed
+            self._print_step(trainer, pl_module, time.monotonic())
+
+    def _print_step(self, trainer: L.Trainer, pl_module: L.LightningModule, now: float) -> None:
+        step = trainer.global_step
+        rate = (step - self._last_step) / max(now - self._last, 1e-9)
+        average = (step - self._start_step) / max(now - self._start, 1e-9)
+        total = f"/{self._total}" if self._total else ""
+        parts = [f"step {step}{total} (epoch {self._epoch})"]
+        train = {k: v for k, v in self.get_metrics(trainer, pl_module).items() if k.startswith("train/")}
+        if train:
+            parts.append(_format(train))
+        parts += [f"{rate:.2f} it/s", f"elapsed {_clock(now - self._start)}"]
+        if self._total and average > 0 and step < self._total:
+            parts.append(f"ETA {_clock((self._total - step) / average)}")
+        print(" | ".join(parts), flush=True)
+        self._last, self._last_step = now, step
+
+
+def _format(metrics: dict) -> str:
+    """``name value`` pairs, four significant digits."""
+    return ", ".join(f"{name} {float(value):.4g}" for name, value in sorted(metrics.items()))
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=round(seconds)))
 
 
 class NetSummary(RichModelSummary):
