@@ -69,6 +69,17 @@ from lightning_seq.slurm import check_slurm_tasks, submit
 from lightning_seq.utils import keep_freed_memory, run_dir
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict", "submit")
+SUBCOMMAND_HELP = {
+    "fit": "Train a recipe (resume with --ckpt_path last).",
+    "validate": "Score a checkpoint on the validation split (--ckpt_path).",
+    "test": "Score a checkpoint on the test split (--ckpt_path).",
+    "predict": "Run a checkpoint on new inputs; writes predictions.jsonl (--ckpt_path).",
+}
+DESCRIPTION = (
+    "lightning_seq: train sequence and generative models from YAML recipes. Commands: fit, validate, "
+    "test and predict (below; add one and --help for its options), and submit, which runs a recipe as a "
+    "Slurm batch job (lightning-seq submit --help)."
+)
 
 # DataModule attribute -> model (or net) argument. A link applies only where both ends exist: the
 # recipe's DataModule has the attribute (an unlabelled image DataModule has no ``num_classes``) AND the
@@ -709,9 +720,7 @@ class LightningSeqCLI(LightningCLI):
             save_config_callback=SaveConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"default_root_dir": "runs"},
-            parser_kwargs={
-                "description": "lightning_seq: train sequence and generative models from YAML recipes."
-            },
+            parser_kwargs={"description": DESCRIPTION},
             args=args,
             run=run,
         )
@@ -719,6 +728,14 @@ class LightningSeqCLI(LightningCLI):
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         self.parser_class = _Parser
         return super().init_parser(**kwargs)
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs) -> None:
+        """Lightning's subcommands, each with a whole sentence of help (Lightning cuts the Trainer's
+        docstrings after their first line: "never run on your", "Useful to")."""
+        super()._add_subcommands(parser, **kwargs)
+        for action in parser._actions:
+            for choice in getattr(action, "_choices_actions", []):
+                choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS:

@@ -93,7 +93,11 @@ def test_help_of_every_entry_point(tmp_path):
     for command in (["lightning"], ["lightning-seq"], [sys.executable, "-m", "lightning_seq"]):
         out = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=tmp_path)
         assert out.returncode == 0, out.stderr
-        assert all(sub in out.stdout for sub in ("fit", "validate", "test", "predict"))
+        assert all(sub in out.stdout for sub in ("fit", "validate", "test", "predict", "submit"))
+        # whole sentences, not the Trainer's docstrings cut after their first line
+        text = " ".join(out.stdout.split())
+        assert "Score a checkpoint on the test split (--ckpt_path)." in text, out.stdout
+        assert "never run on your" not in text and "Useful to" not in text
 
 
 def test_the_classic_word_lm_fragment_trains_on_pre_tokenized_split_files(cli, tmp_path):
