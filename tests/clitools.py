@@ -7,8 +7,12 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
+T, R = TypeVar("T"), TypeVar("R")
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
 FRAGMENTS = REPO / "recipes" / "fragments"
@@ -32,6 +36,13 @@ FEW_SAMPLES = [
     '--trainer.callbacks.init_args.feature_net_training={"widths": [8, 16, 32], "epochs": 2, '
     '"num_train": 600, "num_test": 200, "batch_size": 50, "min_accuracy": 0.0}',
 ]  # fmt: skip
+
+
+def two_at_a_time(run: Callable[[T], R], items: Iterable[T]) -> list[R]:
+    """``[run(item) for item in items]`` with two items at a time, for commands that each start a process
+    and mostly wait for Python's imports on one core (bad-input cases that stop before training)."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(run, items))
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from clitools import CSV_ONLY, REPO, SMOKE, assert_one_error, ok, snapshot
+from clitools import CSV_ONLY, REPO, SMOKE, assert_one_error, ok, snapshot, two_at_a_time
 from imagefiles import class_folders
 
 from lightning_seq.data import TextDataModule, TokenizerConfig
@@ -147,8 +147,9 @@ def test_bad_data_gets_one_clear_error_and_nothing_is_written(cli, tmp_path):
     cases = bad_inputs(tmp_path)
     cache_root().mkdir(parents=True, exist_ok=True)
     before, cached = snapshot(tmp_path), snapshot(cache_root())
-    for case, (args, message) in cases.items():
-        assert_one_error(cli(*args, cwd=tmp_path), message, case)
+    results = two_at_a_time(lambda args: cli(*args, cwd=tmp_path), [args for args, _ in cases.values()])
+    for (case, (_, message)), result in zip(cases.items(), results, strict=True):
+        assert_one_error(result, message, case)
     assert snapshot(tmp_path) == before  # no run folder, nothing changed
     assert cached.items() <= snapshot(cache_root()).items()  # earlier cache entries untouched
 

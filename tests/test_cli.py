@@ -21,6 +21,7 @@ from clitools import (
     run_dir,
     run_python,
     snapshot,
+    two_at_a_time,
 )
 
 TEXT_RECIPES = [p for p in RECIPES if "lightning_seq.data.TextDataModule" in p.read_text()]
@@ -208,8 +209,12 @@ def bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 def test_bad_input_gets_one_clear_error_and_nothing_is_lost(trained, cli, tmp_path):
     cwd, _ = trained
     before = snapshot(cwd / "runs")
-    for case, (args, message) in bad_inputs(tmp_path).items():
-        assert_one_error(cli("fit", *QUIET_CHAR_LSTM, *args, cwd=cwd), message, case)
+    cases = bad_inputs(tmp_path)
+    results = two_at_a_time(
+        lambda args: cli("fit", *QUIET_CHAR_LSTM, *args, cwd=cwd), [a for a, _ in cases.values()]
+    )
+    for (case, (_, message)), result in zip(cases.items(), results, strict=True):
+        assert_one_error(result, message, case)
     assert before.items() <= snapshot(cwd / "runs").items()  # earlier runs and checkpoints untouched
 
 

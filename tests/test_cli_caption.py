@@ -30,6 +30,7 @@ RECIPE = {name: str(REPO / "recipes" / f"{name}.yaml") for name in ("caption", "
 NANO = "--model.init_args.net.init_args.preset=nano"
 FEW_SCENES = [*FEW_CAPTIONS, "--trainer.check_val_every_n_epoch=1"]
 METRICS = {f"val/bleu{n}" for n in range(1, 5)} | {"val/cider", "val/scene_acc", "val/loss", "val/ppl"}
+METRICS |= {"val/grounding", "val/grounding_chance"}
 
 
 def image_files(folder: Path, count: int = 3) -> list[Path]:
@@ -50,7 +51,6 @@ def test_both_caption_recipes_train_score_and_draw_attention_through_the_cli(nam
     run = run_dir(tmp_path, name)
     columns = metric_columns(run)
     assert columns >= METRICS, METRICS - columns
-    # (grounding is logged once a caption names a shape of its scene: tests/modules/test_captioner.py)
     assert sorted(p.name for p in (run / "attention").iterdir())[-1] == "step_000004.png"
     state = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     assert "tokenizer" in state and state["image_stats"]["image_size"] == 32
@@ -65,7 +65,7 @@ def test_a_captioner_checkpoint_tests_predicts_and_captions_files_in_a_fresh_pro
     last = run_dir(tmp_path, "caption") / "checkpoints" / "last.ckpt"
     result = ok(cli("test", "--config", RECIPE["caption"], NANO, *FEW_CAPTIONS, f"--ckpt_path={last}",
                     "--trainer.logger=false", cwd=tmp_path))  # fmt: skip
-    for name in ("test/bleu4", "test/cider", "test/scene_acc"):
+    for name in ("test/bleu4", "test/cider", "test/scene_acc", "test/grounding", "test/grounding_chance"):
         assert name in result.stdout, name
     # the official COCO scores, by pycocoevalcap (its Java tokenizer and METEOR), or one line saying why not
     missing = coco_scores_unavailable()

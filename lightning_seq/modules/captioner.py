@@ -202,12 +202,11 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
             right = [_names_scene(h, o) for h, o in zip(hypotheses, objects, strict=True)]
             metrics["scene_acc"].update(torch.tensor(right, dtype=torch.float32, device=self.device))
             logged.append("scene_acc")
-            if attention is not None:
+            if attention is not None:  # logged by every rank alike (their epoch-end syncs must match)
                 inside, chance = grounding(self.words(tokens), attention, objects, self.net.grid)
-                if inside:
-                    metrics["grounding"].update(torch.tensor(inside, device=self.device))
-                    metrics["grounding_chance"].update(torch.tensor(chance, device=self.device))
-                    logged += ["grounding", "grounding_chance"]
+                metrics["grounding"].update(torch.tensor(inside, device=self.device))  # none: no update
+                metrics["grounding_chance"].update(torch.tensor(chance, device=self.device))
+                logged += ["grounding", "grounding_chance"]
         for name in logged:
             self.log(
                 f"{stage}/{name}", metrics[name], prog_bar=name == "bleu4", on_epoch=True, batch_size=size
