@@ -1,7 +1,8 @@
 """SampleGeneration: continue fixed prompts every N steps or epochs, and at the end of training.
 
 Works with any module that has ``generate(prompts: list[str], config) -> list[str]``. Samples are
-appended to ``<run dir>/samples.md``, logged on W&B as one table (``samples/text``, columns step, prompt,
+appended to ``<run dir>/samples.md`` (once per step: when training ends at a step that just had its
+samples, those are the final ones), logged on W&B as one table (``samples/text``, columns step, prompt,
 text) that holds every sample of the run so far, and the final ones are printed to the console. Only
 global rank zero generates, with no collective operations inside, so other ranks never wait on it (not
 for sharded strategies such as FSDP, whose forward is collective).
@@ -51,6 +52,7 @@ class SampleGeneration(L.Callback):
         self.print_at_end = print_at_end
         self.last: list[str] = []
         self._last_step = -1
+        self._generated_at = -1  # the step of the latest samples (rank zero)
         self._rows: list[list] = []  # every (step, prompt, text) logged to W&B so far
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -64,9 +66,11 @@ class SampleGeneration(L.Callback):
             self._generate(trainer, pl_module, f"epoch {trainer.current_epoch}, step {trainer.global_step}")
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.print_at_end and not trainer.sanity_checking:
-            samples = self._generate(trainer, pl_module, f"final, step {trainer.global_step}")
-            _print(samples)
+        if not self.print_at_end or trainer.sanity_checking:
+            return
+        if self._generated_at != trainer.global_step:  # not already written at this very step
+            self._generate(trainer, pl_module, f"final, step {trainer.global_step}")
+        _print(self.last)
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if not hasattr(pl_module, "generate"):  # checked on every rank, before any work
@@ -78,6 +82,7 @@ class SampleGeneration(L.Callback):
     @rank_zero_only
     def _generate(self, trainer: L.Trainer, pl_module: L.LightningModule, when: str) -> list[str]:
         self.last = pl_module.generate(self.prompts, self.generation)
+        self._generated_at = trainer.global_step
         path = run_dir(trainer) / "samples.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a", encoding="utf-8") as f:

@@ -105,7 +105,9 @@ def test_training_continues_in_train_mode_and_unchanged(tmp_path, corpus_file):
     probe = ModeProbe()
     callback = SampleGeneration(PROMPTS, every_n_steps=2, every_n_epochs=None, generation=sampling)
     trainer, with_samples = fit(tmp_path / "a", corpus_file, [callback, probe], max_steps=6)
-    assert [h for h, _ in sections(trainer)] == ["step 2", "step 4", "step 6", "final, step 6"]
+    # training ends at step 6, whose samples were just written: they are the final ones, not written twice
+    assert [h for h, _ in sections(trainer)] == ["step 2", "step 4", "step 6"]
+    assert callback.last == sections(trainer)[-1][1]
     assert probe.modes[2] is True and probe.modes[4] is True and all(probe.modes.values())
     assert with_samples.training
 
