@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seq.errors import InputError
+from lightning_seq.errors import InputError, check_choice
 
 CellName: TypeAlias = Literal["rnn", "lstm", "gru"]
 Impl: TypeAlias = Literal["fused", "explicit"]
@@ -116,13 +116,6 @@ _STEPS = {"rnn": rnn_tanh_cell, "lstm": lstm_cell, "gru": gru_cell}  # one time 
 
 
 # --------------------------------------------------------------------------- argument checks
-
-
-def _check_choice(owner: str, field: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(
-            f"{owner}: {field}={value!r} is not supported; expected one of {', '.join(choices)}."
-        )
 
 
 def _check_positive_int(owner: str, field: str, value: object) -> None:
@@ -265,7 +258,7 @@ class Recurrent(nn.Module):
         impl: Impl = "fused",
     ) -> None:
         super().__init__()
-        _check_choice("Recurrent", "cell", cell, tuple(_STEPS))
+        check_choice("Recurrent", "cell", cell, tuple(_STEPS))
         _check_positive_int("Recurrent", "input_size", input_size)
         _check_positive_int("Recurrent", "hidden_size", hidden_size)
         _check_positive_int("Recurrent", "num_layers", num_layers)
@@ -285,7 +278,7 @@ class Recurrent(nn.Module):
 
     @impl.setter
     def impl(self, value: str) -> None:
-        _check_choice("Recurrent", "impl", value, _IMPLS)
+        check_choice("Recurrent", "impl", value, _IMPLS)
         self._impl = value
 
     def extra_repr(self) -> str:

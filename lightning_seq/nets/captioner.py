@@ -39,7 +39,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from lightning_seq.errors import InputError
+from lightning_seq.errors import InputError, check_choice, check_positive
 from lightning_seq.layers.additive_attention import AdditiveAttention
 from lightning_seq.layers.channel_attention import ConditionalChannelAttention
 from lightning_seq.layers.positions import LearnedPositions, SinusoidalPositions, sinusoidal_embedding
@@ -53,19 +53,6 @@ CaptionState = dict[str, Any]
 """What ``start`` returns and ``decode`` carries: tensors batch-first (None and ints passed through)."""
 
 AttentionKind = Literal["spatial", "channel", "both", "none"]
-
-
-def _check_positive(owner: str, **values: object) -> None:
-    for field, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{owner}: {field}={value!r} is invalid; expected a positive integer.")
-
-
-def _check_choice(owner: str, field: str, value: object, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise InputError(
-            f"{owner}: {field}={value!r} is not supported; expected one of {', '.join(choices)}."
-        )
 
 
 # ------------------------------------------------------------------------------------ image features
@@ -315,11 +302,11 @@ class ShowAttendTell(Presets, _CaptionNet):
         preset: str | None = None,
     ) -> None:
         super().__init__()
-        _check_positive(
+        check_positive(
             "ShowAttendTell", vocab_size=vocab_size, image_size=image_size, in_channels=in_channels,
             embed_dim=embed_dim, hidden_size=hidden_size, attn_dim=attn_dim,
         )  # fmt: skip
-        _check_choice("ShowAttendTell", "attention", attention, get_args(AttentionKind))
+        check_choice("ShowAttendTell", "attention", attention, get_args(AttentionKind))
         self._set_encoder(
             encoder,
             image_size,
@@ -548,12 +535,12 @@ class TransformerCaptioner(Presets, _CaptionNet):
         preset: str | None = None,
     ) -> None:
         super().__init__()
-        _check_positive(
+        check_positive(
             "TransformerCaptioner", vocab_size=vocab_size, image_size=image_size, in_channels=in_channels,
             dim=dim, depth=depth, heads=heads, max_len=max_len,
         )  # fmt: skip
-        _check_choice("TransformerCaptioner", "positions", positions, ("sinusoidal", "learned"))
-        _check_choice("TransformerCaptioner", "image_positions", image_positions, ("learned", "sinusoidal"))
+        check_choice("TransformerCaptioner", "positions", positions, ("sinusoidal", "learned"))
+        check_choice("TransformerCaptioner", "image_positions", image_positions, ("learned", "sinusoidal"))
         self._set_encoder(
             encoder,
             image_size,

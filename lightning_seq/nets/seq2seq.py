@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_seq.errors import InputError
+from lightning_seq.errors import InputError, check_positive
 from lightning_seq.layers.additive_attention import AdditiveAttention
 from lightning_seq.layers.positions import LearnedPositions, SinusoidalPositions
 from lightning_seq.layers.recurrent import Recurrent, RecurrentState
@@ -34,12 +34,6 @@ __all__ = ["RNNSeq2Seq", "TransformerSeq2Seq"]
 
 Seq2SeqState = dict[str, Any]
 """What ``encode`` returns and ``decode`` carries: tensors batch-first (ints passed through)."""
-
-
-def _check_positive(owner: str, **values: object) -> None:
-    for field, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{owner}: {field}={value!r} is invalid; expected a positive integer.")
 
 
 def _source_mask(src: Tensor, src_mask: Tensor | None, pad_id: int) -> Tensor:
@@ -187,7 +181,7 @@ class RNNSeq2Seq(Presets, nn.Module):
         preset: str | None = None,
     ) -> None:
         super().__init__()
-        _check_positive(
+        check_positive(
             "RNNSeq2Seq", src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, embed_dim=embed_dim,
             hidden_size=hidden_size, num_layers=num_layers,
         )  # fmt: skip
@@ -340,7 +334,7 @@ class TransformerSeq2Seq(Presets, nn.Module):
         preset: str | None = None,
     ) -> None:
         super().__init__()
-        _check_positive(
+        check_positive(
             "TransformerSeq2Seq", src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, dim=dim,
             encoder_depth=encoder_depth, decoder_depth=decoder_depth, heads=heads, max_len=max_len,
         )  # fmt: skip
