@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from _common import bench_trainer, print_step_table
 from gan import StepTimer, Timed
 
-from lightning_seq.checkpointing import load_module
+from lightning_seq.checkpointing import load_module, read_checkpoint
 from lightning_seq.data import CaptionDataModule
 from lightning_seq.decoding import GenerationConfig, select_state
 from lightning_seq.modules import Captioner
@@ -125,7 +125,9 @@ def beam_one_image_at_a_time(model: Captioner, image: torch.Tensor, k: int, max_
 
 def beam(args: argparse.Namespace) -> None:
     model = load_module(args.checkpoint)
-    saved = torch.load(args.checkpoint, weights_only=True, map_location="cpu")["datamodule_hyper_parameters"]
+    saved = read_checkpoint(args.checkpoint, need=("datamodule_hyper_parameters",))[
+        "datamodule_hyper_parameters"
+    ]
     data = CaptionDataModule(**{key: value for key, value in saved.items() if not key.startswith("_")})
     data.prepare_data()
     data.setup("validate")

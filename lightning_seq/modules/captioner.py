@@ -37,7 +37,8 @@ from torchmetrics.functional.text import bleu_score
 from torchmetrics.text import BLEUScore
 
 from lightning_seq.checkpointing import newest_match
-from lightning_seq.data.decode import to_array
+from lightning_seq.data import pixels as px
+from lightning_seq.data.decode import decode_image, to_array
 from lightning_seq.data.scenes import parse_objects
 from lightning_seq.decoding import GenerationConfig, State, generate
 from lightning_seq.errors import InputError
@@ -299,15 +300,15 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
         size, channels = self.image_stats["image_size"], self.image_stats["channels"]
         arrays = []
         for image in images:
-            if not isinstance(image, Image.Image):
-                path = Path(image)
-                if not path.is_file():
-                    raise InputError(f"Captioner.caption: no image file '{path}'. Fix: give existing files.")
-                image = Image.open(path)
-            arrays.append(to_array(image, size, channels))  # (H, W, C) uint8
-        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255  # (B, C, H, W)
-        mean, std = (torch.tensor(self.image_stats[k]).view(1, -1, 1, 1) for k in ("mean", "std"))
-        return (batch - mean) / std
+            if isinstance(image, Image.Image):
+                arrays.append(to_array(image, size, channels))  # (H, W, C) uint8
+                continue
+            if not Path(image).is_file():
+                raise InputError(f"Captioner.caption: no image file '{image}'. Fix: give existing files.")
+            arrays.append(decode_image(str(image), size, channels))  # as the training data was read
+        batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, C, H, W) uint8
+        mean, std = (torch.tensor(self.image_stats[k]) for k in ("mean", "std"))
+        return px.from_uint8(batch, "normalized", mean, std)
 
     def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
         """``{"file", "caption", "score"}`` per image, ``score`` the caption's log-probability (nats)."""
