@@ -1,9 +1,10 @@
 """Captions with their attention maps: what a captioner says of fixed validation images, and where it looked.
 
 :class:`AttentionMaps`: after every validation run, the first ``num_images`` images of the first
-validation batch are captioned (the module's decoding settings, beam search by default) and drawn one
-row per image: the image, then one panel per word of its caption with that word's spatial attention
-upsampled over the image (bright where the net looked). The grid is saved to
+validation batch, with the captions the validation step gave them (the module's decoding settings,
+beam search by default; captioned here when validation captions no batch), are drawn one row per
+image: the image, then one panel per word of its caption with that word's spatial attention upsampled
+over the image (bright where the net looked). The grid is saved to
 ``<run dir>/attention/step_NNNNNN.png`` and logged to W&B as ``val/attention``, beside a W&B table
 ``val/captions`` (image, generated caption, references, BLEU-4 of that caption). A net without spatial
 attention gets the table and a grid of images with their captions. Rank zero only, with no collective
@@ -39,25 +40,32 @@ class AttentionMaps(L.Callback):
                 f"{num_images}, {max_words} and {tile_size}."
             )
         self.num_images, self.max_words, self.tile_size = num_images, max_words, tile_size
-        self._pending: tuple[torch.Tensor, list[list[str]]] | None = None
+        self._pending: tuple | None = None  # images, references, caption ids, attention
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
         if batch_idx != 0 or dataloader_idx != 0 or trainer.sanity_checking or not trainer.is_global_zero:
             return
+        n = self.num_images
+        captioned = isinstance(outputs, dict) and "caption_tokens" in outputs  # validation captioned them
+        tokens = outputs["caption_tokens"][:n] if captioned else None
+        attention = outputs["caption_attention"] if captioned else None
         self._pending = (
-            batch["images"][: self.num_images].detach(),
-            list(batch["references"][: self.num_images]),
+            batch["images"][:n].detach(),
+            list(batch["references"][:n]),
+            tokens,
+            attention[:n] if attention is not None else None,
         )
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending is None:
             return
-        images, references = self._pending
+        images, references, tokens, attention = self._pending
         self._pending = None
-        tokens, attention = pl_module.caption_tokens(images, with_attention=True)
+        if tokens is None:  # validation captioned no batch (decode_val_batches: 0)
+            tokens, attention = pl_module.caption_tokens(images, with_attention=True)
         words = pl_module.words(tokens)
         shown = _to_unit(trainer, images.float().cpu())
         grid = attention_grid(shown, words, attention, pl_module.net.grid, self.max_words, self.tile_size)

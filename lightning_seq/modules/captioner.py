@@ -182,13 +182,14 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> dict:
         out = self._step(batch, stage)
         limit = self.hparams.decode_val_batches
-        if limit is None or batch_idx < limit:
-            out["captions"] = self.score_captions(batch, stage)
+        if limit is None or batch_idx < limit:  # the captions, for callbacks (AttentionMaps)
+            out["caption_tokens"], out["caption_attention"] = self.score_captions(batch, stage)
         return out
 
-    def score_captions(self, batch: dict, stage: str) -> list[str]:
+    def score_captions(self, batch: dict, stage: str) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Caption ``batch["images"]``; log BLEU-1..4 and CIDEr-D against ``batch["references"]`` and,
-        when the batch has its scenes' ``objects``, scene accuracy and grounding. Returns the captions."""
+        when the batch has its scenes' ``objects``, scene accuracy and grounding. Returns the caption ids
+        ``(B, n)`` and their attention ``(B, n, L)`` (None without spatial attention)."""
         tokens, attention = self.caption_tokens(batch["images"], with_attention=True)
         hypotheses = self.detokenize(tokens)
         references = [list(refs) for refs in batch["references"]]
@@ -212,7 +213,7 @@ class Captioner(TokenizersInCheckpoints, GenerationFromData, NetModule):
             self.log(
                 f"{stage}/{name}", metrics[name], prog_bar=name == "bleu4", on_epoch=True, batch_size=size
             )
-        return hypotheses
+        return tokens, attention
 
     def on_test_epoch_end(self) -> None:
         cider = self.metrics["test"]["cider"]
