@@ -2,7 +2,7 @@
 
 import sys
 
-from lightning_seq.cli import main
+from lightning_seq.commands import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -61,6 +61,7 @@ from lightning_seq.checkpointing import (
     recipe_of,
     same_class,
 )
+from lightning_seq.commands import DESCRIPTION, SUBCOMMAND_HELP, SUBCOMMANDS, help_text
 from lightning_seq.errors import InputError
 from lightning_seq.loggers import SaveConfig
 from lightning_seq.modules import NetModule
@@ -68,17 +69,10 @@ from lightning_seq.runs import plan_evaluation, plan_fit, remove_leftovers, runs
 from lightning_seq.slurm import check_slurm_tasks, submit
 from lightning_seq.utils import keep_freed_memory, run_dir
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "submit")
-SUBCOMMAND_HELP = {
-    "fit": "Train a recipe (resume with --ckpt_path last).",
-    "validate": "Score a checkpoint on the validation split (--ckpt_path).",
-    "test": "Score a checkpoint on the test split (--ckpt_path).",
-    "predict": "Run a checkpoint on new inputs; writes predictions.jsonl (--ckpt_path).",
-}
-DESCRIPTION = (
-    "lightning_seq: train sequence and generative models from YAML recipes. Commands: fit, validate, "
-    "test and predict (below; add one and --help for its options), and submit, which runs a recipe as a "
-    "Slurm batch job (lightning-seq submit --help)."
+# the parser's description: the commands it parses, and submit, which it does not
+_PARSER_DESCRIPTION = (
+    f"{DESCRIPTION} Commands: fit, validate, test and predict (below; add one and --help for its options), "
+    "and submit, which runs a recipe as a Slurm batch job (lightning-seq submit --help)."
 )
 
 # DataModule attribute -> model (or net) argument. A link applies only where both ends exist: the
@@ -720,7 +714,7 @@ class LightningSeqCLI(LightningCLI):
             save_config_callback=SaveConfig,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={"default_root_dir": "runs"},
-            parser_kwargs={"description": DESCRIPTION},
+            parser_kwargs={"description": _PARSER_DESCRIPTION},
             args=args,
             run=run,
         )
@@ -1266,10 +1260,4 @@ def _lightning_sdk_cli() -> Callable[[], int] | None:
 
 
 def _print_help() -> None:
-    argv, sys.argv = sys.argv, [sys.argv[0], "--help"]
-    try:
-        LightningSeqCLI()
-    except SystemExit:
-        pass
-    finally:
-        sys.argv = argv
+    print(help_text("lightning"), end="")

@@ -101,6 +101,18 @@ def test_help_of_every_entry_point(tmp_path):
         assert "never run on your" not in text and "Useful to" not in text
 
 
+def test_help_imports_neither_torch_nor_lightning():
+    """``lightning --help`` answers from the commands' own text: torch and Lightning (2-3 s of imports on
+    two cores) load only when a command runs."""
+    code = (
+        "import sys; from lightning_seq.commands import main; code = main(['--help']); "
+        "print(code, 'torch' in sys.modules, 'lightning' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "0 False False", out.stdout
+    assert "lightning-seq fit --help" in out.stdout
+
+
 def test_the_classic_word_lm_fragment_trains_on_pre_tokenized_split_files(cli, tmp_path):
     """word_gru.yaml + word_lm_classic.yaml on a Penn Treebank-style folder (ptb.train.txt, ...): the tokens
     are the files' words and line ends, the fragment's SGD keeps none of the recipe's AdamW settings (and
