@@ -16,7 +16,7 @@ STEPS = 12
 COMMON = [f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=6", "--trainer.limit_val_batches=2",
           "--trainer.check_val_every_n_epoch=null", "--trainer.enable_progress_bar=false"]  # fmt: skip
 
-# The state after the last step (the recipes' last.ckpt is the newest checkpoint their monitor kept).
+# The state after the last step, in a folder of its own that both runs name alike.
 FINAL = "--trainer.callbacks+=" + json.dumps({
     "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
     "init_args": {"dirpath": "final", "filename": "final", "every_n_train_steps": STEPS, "save_top_k": -1},

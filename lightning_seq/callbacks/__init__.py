@@ -1,10 +1,11 @@
 """Callbacks shared by every family: gradient clipping/monitoring, perplexity, sample generation,
 captions with their attention maps, labelled image grids, generative image samples and their quality
 (FID, KID, conditional accuracy), fault tolerance (NaN/Inf guard, requeue on Slurm's signal, W&B run
-id), a progress bar that counts steps when ``max_steps`` ends the run and a model summary without
-uncounted FLOPs."""
+id), a ``last.ckpt`` of the last step, a progress bar that counts steps when ``max_steps`` ends the run
+and a model summary without uncounted FLOPs."""
 
 from lightning_seq.callbacks.captions import AttentionMaps
+from lightning_seq.callbacks.checkpoints import ModelCheckpoint
 from lightning_seq.callbacks.elbo import ELBOLogging
 from lightning_seq.callbacks.fault_tolerance import NonFiniteLoss, RequeueOnSignal, RunIdentity
 from lightning_seq.callbacks.gradients import GradientClipping
@@ -22,6 +23,7 @@ __all__ = [
     "ImagePredictions",
     "ImageSamples",
     "LineProgress",
+    "ModelCheckpoint",
     "NetSummary",
     "NonFiniteLoss",
     "Perplexity",
