@@ -35,7 +35,7 @@ import yaml
 from jsonargparse import ArgumentParser, Namespace
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelSummary, ProgressBar, WeightAveraging
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, _get_module_type, _InstantiatorFn
 from lightning.pytorch.plugins.io import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_only
@@ -65,9 +65,16 @@ from lightning_seq.commands import DESCRIPTION, SUBCOMMAND_HELP, SUBCOMMANDS, he
 from lightning_seq.errors import InputError
 from lightning_seq.loggers import SaveConfig
 from lightning_seq.modules import NetModule
-from lightning_seq.runs import plan_evaluation, plan_fit, remove_leftovers, runs_folder, slurm_job
+from lightning_seq.runs import (
+    plan_evaluation,
+    plan_fit,
+    predictions_file,
+    remove_leftovers,
+    runs_folder,
+    slurm_job,
+)
 from lightning_seq.slurm import check_slurm_tasks, submit
-from lightning_seq.utils import keep_freed_memory, run_dir
+from lightning_seq.utils import keep_freed_memory
 
 # the parser's description: the commands it parses, and submit, which it does not
 _PARSER_DESCRIPTION = (
@@ -731,6 +738,18 @@ class LightningSeqCLI(LightningCLI):
             for choice in getattr(action, "_choices_actions", []):
                 choice.help = SUBCOMMAND_HELP.get(choice.dest, choice.help)
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict":
+            parser.add_argument(
+                "--output",
+                type=str | None,
+                default=None,
+                help="Where the predictions go: a .jsonl file, or a folder for the default name "
+                "(default: predictions_<checkpoint>.jsonl in the checkpoint's run folder).",
+            )
+        return parser
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source, target in LINKS:
             parser.link_arguments(source, target, apply_on="instantiate")
@@ -777,6 +796,11 @@ class LightningSeqCLI(LightningCLI):
             keep = plan_fit(config)
         else:
             plan_evaluation(config, self.subcommand)
+            # A checkpoint's evaluation restores no state of the callbacks that saved it (the W&B run id
+            # keeper, the checkpoint callbacks, the weight averaging): nothing is missing.
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`, callbacks used")
+        if self.subcommand == "predict":  # no run of its own: predictions go beside the checkpoint
+            config["trainer"]["logger"] = False
         if asked == "last":
             check_last_model(config)
         remove_leftovers(runs_folder(config["trainer"]), keep=keep)  # once nothing can refuse the run
@@ -788,25 +812,34 @@ class LightningSeqCLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
-        if self.subcommand == "fit":
-            callbacks = [*callbacks, *_default_callbacks(config, callbacks)]
+        if self.subcommand != "fit":
+            config["callbacks"] = _evaluation_callbacks(config.get("callbacks"))
+        callbacks = [*callbacks, *_default_callbacks(config, callbacks, fit=self.subcommand == "fit")]
         check_trainer_counts(config)
+        save_config = self.save_config_callback
+        if self.subcommand == "predict":
+            self.save_config_callback = None  # no run folder: no config.yaml
         try:
             return super()._instantiate_trainer(config, callbacks)
         except (MisconfigurationException, ValueError) as err:
             if isinstance(err, InputError):
                 raise
             raise trainer_setting_error(err) from None
+        finally:
+            self.save_config_callback = save_config
 
     def after_predict(self) -> None:
-        """Show text predictions and save every prediction to ``<run dir>/predictions.jsonl``."""
+        """Show text predictions and save every prediction, one JSON line each, to ``--output`` or beside the
+        checkpoint (:func:`lightning_seq.runs.predictions_file`)."""
         batches = self.trainer.predict_loop.predictions or []
         if batches and isinstance(batches[0], list) and batches[0] and isinstance(batches[0][0], list):
             batches = [b for loader in batches for b in loader]  # several dataloaders
         items = [item for batch in batches for item in (batch if isinstance(batch, list) else [batch])]
         if not self.trainer.is_global_zero or not items:
             return
-        path = run_dir(self.trainer) / "predictions.jsonl"
+        config = self.config["predict"]
+        path = predictions_file(config.get("ckpt_path"), config.get("output"))
+        replaced = path.is_file()
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", encoding="utf-8") as f:
             for item in items:
@@ -817,7 +850,9 @@ class LightningSeqCLI(LightningCLI):
                 console.print(
                     Panel(Text(item), title=f"prediction {i + 1}", title_align="left", expand=False)
                 )
-        console.print(f"{len(items)} predictions written to {path}")
+        again = " (replacing the earlier ones)" if replaced else ""
+        noun = "prediction" if len(items) == 1 else "predictions"
+        console.print(f"{len(items)} {noun} written to {path}{again}", soft_wrap=True)  # the whole path
 
 
 def main(args: list[str] | None = None) -> int:
@@ -1129,22 +1164,33 @@ def _config_value(config: object, key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _default_callbacks(config: dict, callbacks: list[Callback]) -> list[Callback]:
-    """What ``fit`` adds unless the recipe has its own: the NaN/Inf guard, the requeue on Slurm's signal,
-    the W&B run id keeper, and (unless they are off) the progress bar that counts steps (plain lines
-    when standard output is not a terminal) and the model summary without FLOPs that nothing counted."""
+def _default_callbacks(config: dict, callbacks: list[Callback], fit: bool) -> list[Callback]:
+    """What a command adds unless the recipe has its own: in ``fit``, the NaN/Inf guard, the requeue on
+    Slurm's signal, the W&B run id keeper and (unless off) the model summary without FLOPs that nothing
+    counted; in every command, unless off, the progress bar that counts steps and shows a true it/s
+    (plain lines when standard output is not a terminal)."""
     given = config.get("callbacks") or []
     present = [*(given if isinstance(given, list) else [given]), *callbacks]
     kinds = {type(c) for c in present}
-    added = [c for c in (NonFiniteLoss(), RequeueOnSignal(), RunIdentity()) if type(c) not in kinds]
+    safety = (NonFiniteLoss(), RequeueOnSignal(), RunIdentity()) if fit else ()
+    added: list[Callback] = [c for c in safety if type(c) not in kinds]
     has_bar = any(isinstance(c, ProgressBar) for c in present)
     if config.get("enable_progress_bar") is not False and not has_bar:
         # "step 1019/1400" rather than "Epoch 13/-2"; where the output is a file, plain lines
         added.append(StepProgressBar() if sys.stdout.isatty() else LineProgress())
     has_summary = any(isinstance(c, ModelSummary) for c in present)
-    if config.get("enable_model_summary") is not False and not has_summary:
+    if fit and config.get("enable_model_summary") is not False and not has_summary:
         added.append(NetSummary())  # no "Total FLOPs: 0"
     return added
+
+
+def _evaluation_callbacks(given: object) -> list[Callback]:
+    """The recipe's callbacks for ``validate``, ``test`` and ``predict``, less those that act only while
+    training: checkpoint callbacks (which save nothing here, and warn that their folder has changed) and
+    weight averaging (the checkpoint's weights are its average already: Lightning saves the average as
+    the state dict, and warns here that it cannot restore its own state)."""
+    callbacks = given if isinstance(given, list) else [] if given is None else [given]
+    return [c for c in callbacks if not isinstance(c, (Checkpoint, WeightAveraging))]
 
 
 def check_trainer_counts(config: dict) -> None:

@@ -160,6 +160,20 @@ def plan_evaluation(config: Any, subcommand: str) -> None:
         raise InputError(_best_message(folder, subcommand))
 
 
+def predictions_file(ckpt_path: str | None, output: str | None) -> Path:
+    """Where ``predict`` writes its predictions: ``--output`` (a file, or a folder to put the default name
+    in); else beside the checkpoint, in the run folder that saved it (``runs/x/version_3/
+    predictions_last.jsonl`` for ``runs/x/version_3/checkpoints/last.ckpt``) or the checkpoint's own
+    folder; ``predictions.jsonl`` in the current folder when there is no checkpoint."""
+    name = f"predictions_{Path(ckpt_path).stem}.jsonl" if ckpt_path else "predictions.jsonl"
+    if output:
+        return Path(output) / name if Path(output).is_dir() else Path(output)
+    if not ckpt_path:
+        return Path(name)
+    ckpt = Path(ckpt_path)
+    return (ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent) / name
+
+
 def newest_last(folder: Path, verb: str = "resuming", weights_only: bool = True) -> Path:
     """The newest ``last.ckpt`` among the runs under ``folder``; when a newer run saved none, one info
     line says which run ``--ckpt_path last`` takes (``verb``: resuming, using) and which runs had none.

@@ -59,6 +59,12 @@ def run_dir(cwd: Path, name: str) -> Path:
     return dirs[-1]
 
 
+def predictions_of(ckpt: Path) -> list:
+    """The rows ``lightning predict --ckpt_path ckpt`` wrote beside the checkpoint, in its run folder."""
+    written = ckpt.parent.parent / f"predictions_{ckpt.stem}.jsonl"
+    return [json.loads(line) for line in written.read_text().splitlines()]
+
+
 def metric_columns(run: Path) -> set[str]:
     """The column names of ``run/metrics.csv``."""
     return set((run / "metrics.csv").read_text().splitlines()[0].split(","))

@@ -18,6 +18,7 @@ from clitools import (
     assert_one_error,
     metric_columns,
     ok,
+    predictions_of,
     run_dir,
     run_python,
     snapshot,
@@ -76,8 +77,7 @@ def test_checkpoint_reloads_in_fresh_processes_with_identical_greedy_text(traine
     prompts = f"--data.init_args.prompts={json.dumps(PROMPTS)}"
     args = ["predict", *QUIET_CHAR_LSTM, "--ckpt_path", str(ckpt), prompts, *GREEDY]
     result = ok(cli(*args, cwd=cwd))
-    written = sorted((cwd / "runs" / "lightning_logs").glob("version_*/predictions.jsonl"))[-1]
-    from_cli = [json.loads(line) for line in written.read_text().splitlines()]
+    from_cli = predictions_of(ckpt)
     assert from_cli == from_python
     assert "prediction 1" in result.stdout
 

@@ -18,6 +18,7 @@ from clitools import (
     kill_after,
     metric_columns,
     ok,
+    predictions_of,
     run_dir,
     run_python,
 )
@@ -77,8 +78,8 @@ def test_a_captioner_checkpoint_tests_predicts_and_captions_files_in_a_fresh_pro
     files = image_files(tmp_path / "photos")
     photos = f"--data.init_args.predict_images={tmp_path / 'photos'}"
     predict = ["predict", "--config", RECIPE["caption"], NANO, f"--ckpt_path={last}", photos, *FEW_CAPTIONS]
-    ok(cli(*predict, "--trainer.logger=false", cwd=tmp_path))
-    rows = [json.loads(line) for line in next(tmp_path.rglob("predictions.jsonl")).read_text().splitlines()]
+    ok(cli(*predict, cwd=tmp_path))
+    rows = predictions_of(last)
     assert sorted(Path(r["file"]).name for r in rows) == [f.name for f in files]
     assert all(isinstance(r["caption"], str) and r["score"] <= 0 for r in rows)
 

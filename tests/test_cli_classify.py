@@ -14,6 +14,7 @@ from clitools import (
     assert_one_error,
     metric_columns,
     ok,
+    predictions_of,
     run_dir,
     run_python,
 )
@@ -67,8 +68,7 @@ def test_checkpoints_predict_the_same_in_the_cli_and_in_a_fresh_python_process(t
                 "predict", "--config", recipe, "--config", CSV_ONLY, *SMALL, "--ckpt_path", str(ckpt), cwd=cwd
             )
         )
-        written = run_dir(cwd, "lightning_logs") / "predictions.jsonl"  # csv_only: the default name
-        from_cli[name] = [json.loads(line) for line in written.read_text().splitlines()]
+        from_cli[name] = predictions_of(ckpt)
     texts = [row["text"] for row in from_cli["classify"]]
     words = [row["words"] for row in from_cli["tag"]]
     assert len(texts) >= 2 and len(words) >= 2

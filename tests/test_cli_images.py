@@ -16,6 +16,7 @@ from clitools import (
     assert_one_error,
     metric_columns,
     ok,
+    predictions_of,
     run_dir,
     run_python,
     snapshot,
@@ -103,23 +104,21 @@ def test_a_checkpoint_tests_and_predicts_alone_with_the_averaged_weights(teacher
     ema, current = saved["state_dict"], saved["current_model_state"]  # EMAWeightAveraging's layout
     assert any(not torch.equal(ema[k], current[k]) for k in ema if ema[k].is_floating_point())
 
-    ok(
-        cli(
-            "predict",
-            "--config",
-            RESNET_SE,
-            "--config",
-            CSV_ONLY,
-            *SMALL_IMAGES,
-            "--ckpt_path",
-            str(ckpt),
-            cwd=cwd,
-        )
-    )
-    written = run_dir(cwd, "lightning_logs") / "predictions.jsonl"
-    predictions = [json.loads(line) for line in written.read_text().splitlines()]
+    runs = sorted((cwd / "runs" / "lightning_logs").iterdir())
+    predict = ["predict", "--config", RESNET_SE, "--config", CSV_ONLY, *SMALL_IMAGES, f"--ckpt_path={ckpt}"]
+    result = ok(cli(*predict, cwd=cwd))
+    # beside the checkpoint, in its run: no run folder of its own, and none of the warnings about the
+    # callbacks that saved the checkpoint (weight averaging, checkpoint folder, missing callbacks)
+    assert sorted((cwd / "runs" / "lightning_logs").iterdir()) == runs
+    assert "WeightAveraging" not in result.stderr and "dirpath" not in result.stderr, result.stderr
+    assert "callbacks used to create the checkpoint" not in result.stderr, result.stderr
+    predictions = predictions_of(ckpt)
     shapes = {"circle", "square", "triangle", "star", "cross", "ring"}
     assert len(predictions) == 64 and all(p["pred"] in shapes and p["label"] in shapes for p in predictions)
+    output = cwd / "elsewhere" / "rows.jsonl"
+    result = ok(cli(*predict, f"--output={output}", cwd=cwd))
+    assert [json.loads(line) for line in output.read_text().splitlines()] == predictions
+    assert f"64 predictions written to {output}" in result.stdout
 
 
 def test_bad_image_input_gets_one_clear_error(teacher, cli, tmp_path):

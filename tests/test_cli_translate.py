@@ -4,7 +4,17 @@ import json
 from pathlib import Path
 
 import pytest
-from clitools import CSV_ONLY, REPO, SMOKE, assert_one_error, metric_columns, ok, run_dir, run_python
+from clitools import (
+    CSV_ONLY,
+    REPO,
+    SMOKE,
+    assert_one_error,
+    metric_columns,
+    ok,
+    predictions_of,
+    run_dir,
+    run_python,
+)
 
 TRANSFORMER = str(REPO / "recipes" / "translate.yaml")
 RNN = str(REPO / "recipes" / "translate_rnn.yaml")
@@ -70,10 +80,7 @@ def test_predict_from_the_checkpoint_equals_translate_in_a_fresh_process(transfo
             cwd=cwd,
         )
     )
-    written = sorted((cwd / "runs").glob("*/version_*/predictions.jsonl"), key=lambda p: p.stat().st_mtime)[
-        -1
-    ]
-    assert [json.loads(line) for line in written.read_text().splitlines()] == from_python
+    assert predictions_of(ckpt) == from_python
 
 
 def test_bad_pairs_get_one_clear_error(cli, tmp_path):

@@ -10,7 +10,7 @@ import torch
 from clitools import REPO, SMOKE, assert_one_error, ok
 
 from lightning_seq.errors import InputError
-from lightning_seq.runs import hold_run_folder, plan_evaluation, plan_fit, remove_leftovers
+from lightning_seq.runs import hold_run_folder, plan_evaluation, plan_fit, predictions_file, remove_leftovers
 from lightning_seq.slurm import BODY
 
 RECIPE = str(REPO / "recipes" / "char_lstm.yaml")
@@ -150,3 +150,13 @@ def test_best_names_the_newest_checkpoint_to_give_instead(tmp_path, monkeypatch)
     elsewhere = {"trainer": {"default_root_dir": "other", "logger": None}, "ckpt_path": "last"}
     with pytest.raises(InputError, match=r"^--ckpt_path last: no checkpoint at 'other/lightning_logs/\*/"):
         plan_evaluation(elsewhere, "predict")
+
+
+def test_predictions_go_beside_the_checkpoint_or_to_the_output_given(tmp_path):
+    run = tmp_path / "runs" / "swin" / "version_3"
+    assert predictions_file(str(run / "checkpoints" / "best.ckpt"), None) == run / "predictions_best.jsonl"
+    loose = tmp_path / "shared" / "model.ckpt"  # not in a run folder: its own folder
+    assert predictions_file(str(loose), None) == tmp_path / "shared" / "predictions_model.jsonl"
+    assert predictions_file(str(loose), str(tmp_path / "out.jsonl")) == tmp_path / "out.jsonl"
+    assert predictions_file(str(loose), str(tmp_path)) == tmp_path / "predictions_model.jsonl"  # a folder
+    assert predictions_file(None, None) == Path("predictions.jsonl")  # untrained weights: here

@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import ProgressBar, RichModelSummary, RichProgressBar
-from lightning.pytorch.callbacks.progress.rich_progress import BatchesProcessedColumn
+from lightning.pytorch.callbacks.progress.rich_progress import BatchesProcessedColumn, ProcessingSpeedColumn
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 from rich.console import Console
@@ -25,13 +25,24 @@ class _EpochOrBatches(BatchesProcessedColumn):
         return super().render(task) if epoch is None else Text(f"epoch {epoch}", style=self.style)
 
 
+class _Speed(ProcessingSpeedColumn):
+    """it/s over the task's whole time when rich has no estimate of its own yet: rich needs two updates in
+    its window, and a bar of one slow batch (a prediction that decodes) read ``0.00it/s``."""
+
+    def render(self, task: Task) -> Text:
+        if task.speed is None and task.completed and task.elapsed:
+            return Text(f"{task.completed / task.elapsed:.2f}it/s", style=self.style)
+        return super().render(task)
+
+
 class StepProgressBar(RichProgressBar):
     """Lightning's :class:`~lightning.pytorch.callbacks.RichProgressBar`; when ``max_steps`` ends the run,
     one training bar over its steps, ``step 1019/1400 ━━━━━━━━━╸━━━ epoch 13 0:03:12 • 0:01:05``,
     instead of a bar per epoch headed ``Epoch 13/-2`` (``max_epochs`` is -1 in a run of steps).
 
     It continues from the step a resumed run starts at. A run that epochs end keeps Lightning's
-    bars. The command line uses it in ``fit`` unless the recipe configures a progress bar of its own
+    bars. Its it/s is the average so far where rich has no estimate yet (a bar of one slow batch).
+    The command line uses it in every command unless the recipe configures a progress bar of its own
     or turns the bar off (``trainer.enable_progress_bar: false``). Takes RichProgressBar's arguments.
     """
 
@@ -46,8 +57,10 @@ class StepProgressBar(RichProgressBar):
 
     def configure_columns(self, trainer: L.Trainer) -> list:
         batches = _EpochOrBatches(style=self.theme.batch_progress)
+        speed = _Speed(style=self.theme.processing_speed)
         columns = super().configure_columns(trainer)
-        return [batches if isinstance(c, BatchesProcessedColumn) else c for c in columns]
+        columns = [batches if isinstance(c, BatchesProcessedColumn) else c for c in columns]
+        return [speed if isinstance(c, ProcessingSpeedColumn) else c for c in columns]
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
@@ -99,8 +112,9 @@ class LineProgress(ProgressBar):
 
     then one line of the validation metrics after each validation, and the last step's line when training
     ends.
-    No escape codes; printed by global rank zero only, flushed at once. The command line uses it in
-    ``fit`` instead of :class:`StepProgressBar` when standard output is not a terminal.
+    No escape codes; printed by global rank zero only, flushed at once. The command line uses it
+    instead of :class:`StepProgressBar` when standard output is not a terminal (in ``validate``, ``test``
+    and ``predict`` it prints nothing: their results follow at once).
 
     Args:
         every_n_seconds: at most this long between two lines.
