@@ -84,3 +84,13 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError, TypeError):  # no mallopt (macOS), or no such handle (Windows)
         return False
     return all(mallopt(param, value) == 1 for param, value in _KEEP.items())
+
+
+def training_ends(trainer: L.Trainer) -> bool:
+    """Whether the training epoch ending now is the run's last (``max_steps`` or ``max_epochs`` reached,
+    or a callback asked the run to stop). Asked in ``on_train_epoch_end``, which Lightning calls also
+    when ``max_steps`` ends the run mid-epoch, before ``on_train_end``."""
+    loop = trainer.fit_loop
+    steps = loop.max_steps not in (None, -1) and trainer.global_step >= loop.max_steps
+    epochs = loop.max_epochs not in (None, -1) and loop.epoch_progress.current.processed >= loop.max_epochs
+    return steps or epochs or trainer.should_stop

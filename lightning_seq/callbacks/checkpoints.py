@@ -3,6 +3,8 @@
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpoint
 
+from lightning_seq.utils import training_ends
+
 
 class ModelCheckpoint(LightningModelCheckpoint):
     """Lightning's :class:`~lightning.pytorch.callbacks.ModelCheckpoint` (same arguments), whose ``last.ckpt``
@@ -30,12 +32,3 @@ class ModelCheckpoint(LightningModelCheckpoint):
     def _save_last_step(self, trainer: L.Trainer) -> None:
         if self.save_last is True and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
-
-
-def training_ends(trainer: L.Trainer) -> bool:
-    """Whether the training epoch ending now is the run's last (``max_steps`` or ``max_epochs`` reached,
-    or a callback asked the run to stop). Asked in ``on_train_epoch_end``."""
-    loop = trainer.fit_loop
-    steps = loop.max_steps not in (None, -1) and trainer.global_step >= loop.max_steps
-    epochs = loop.max_epochs not in (None, -1) and loop.epoch_progress.current.processed >= loop.max_epochs
-    return steps or epochs or trainer.should_stop

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from lightning_seq.data.pixels import to_unit as pixels_to_unit
 from lightning_seq.errors import InputError
-from lightning_seq.utils import evaluating, run_dir
+from lightning_seq.utils import evaluating, run_dir, training_ends
 
 _RIGHT, _WRONG = (40, 170, 60), (210, 40, 40)
 
@@ -161,6 +161,7 @@ class ImageSamples(L.Callback):
         per_class: images per class row of a conditional model.
         every_n_steps: draw every this many optimizer steps (None: never by steps).
         every_n_epochs: draw at the end of every this many training epochs (None: never by epochs).
+            Either way, a grid of the final weights is drawn where training ends.
         seed: seeds the ``torch.Generator`` handed to ``sample``.
         tile_size: each image is scaled up to about this many pixels a side.
         trajectory: rows of the denoising trajectory grid, for models with ``denoising_trajectory``
@@ -212,7 +213,8 @@ class ImageSamples(L.Callback):
             self.draw(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0:
+        every = self.every_n_epochs and (trainer.current_epoch + 1) % self.every_n_epochs == 0
+        if every or training_ends(trainer):  # and the final weights' grid, whatever the period
             self.draw(trainer, pl_module)
 
     def draw(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Image.Image | None:

@@ -3,6 +3,7 @@ ImageSamples' grids of a generative model's samples (per class rows, fixed seed,
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -76,7 +77,8 @@ def fit_with(callback, module, tmp_path, max_steps=3) -> L.Trainer:
 def test_samples_of_a_conditional_model_come_in_one_row_per_class(tmp_path):
     module = Flat(num_classes=3, classes=["red", "green", "blue"])
     fit_with(ImageSamples(per_class=4, every_n_steps=2, every_n_epochs=None, tile_size=12), module, tmp_path)
-    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000002.png"]
+    # every 2 steps, and the final weights' grid where the run ends (step 3)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000002.png", "step_000003.png"]
     grid = np.asarray(Image.open(tmp_path / "samples" / "step_000002.png").convert("RGB")).astype(int)
     tile = 12  # 6 px scaled 2x
     assert grid.shape == (3 * (tile + 14 + 4), 4 * (tile + 4), 3)  # 3 class rows of 4, captioned
@@ -87,7 +89,15 @@ def test_samples_of_a_conditional_model_come_in_one_row_per_class(tmp_path):
             assert np.abs(grid[y : y + tile, x : x + tile] - expected).max() <= 1, (row, col)
         caption = grid[y + tile : y + tile + 14, 2 : 2 + 4 * (tile + 4)]
         assert (caption < 128).any()  # the class name is written under the tiles
-    assert module.modes == [False] and module.training  # drawn in eval mode, training mode restored
+    assert module.modes == [False, False] and module.training  # drawn in eval mode, training mode restored
+
+
+@pytest.mark.parametrize("max_steps, drawn", [(12, [8, 12]), (8, [8]), (6, [6])])
+def test_the_last_weights_get_a_grid_whatever_the_period(tmp_path, max_steps, drawn):
+    """Every 2 epochs (of 4 steps): a grid at step 8, and one of the final weights where the run ends,
+    once, whether at an epoch's end off the period (12), on it (8) or mid-epoch (6)."""
+    fit_with(ImageSamples(every_n_epochs=2, tile_size=12), Flat(), tmp_path, max_steps=max_steps)
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == [f"step_{s:06d}.png" for s in drawn]
 
 
 def test_samples_are_the_same_for_the_same_seed(tmp_path):
