@@ -24,9 +24,7 @@ import re
 import signal
 import sys
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata, util
 from pathlib import Path
 from typing import NoReturn
 
@@ -61,8 +59,8 @@ from lightning_seq.checkpointing import (
     recipe_of,
     same_class,
 )
-from lightning_seq.commands import DESCRIPTION, SUBCOMMAND_HELP, SUBCOMMANDS, help_text
 from lightning_seq.errors import InputError
+from lightning_seq.help import DESCRIPTION, SUBCOMMAND_HELP, SUBCOMMANDS
 from lightning_seq.loggers import SaveConfig
 from lightning_seq.modules import NetModule
 from lightning_seq.runs import (
@@ -1275,35 +1273,3 @@ def _machine() -> dict[str, str]:
     if torch.backends.mps.is_available():
         accelerators.append("mps")
     return {"accelerators": ", ".join(accelerators), "devices": devices}
-
-
-def lightning_main() -> int:
-    """The ``lightning`` command: ours, or the Lightning cloud CLI (``lightning-sdk``) for its commands.
-
-    ``lightning-sdk`` installs a ``lightning`` command too. A first argument that is none of our
-    subcommands (and no option) goes to it when it is installed; otherwise we show our help.
-    """
-    argv = sys.argv[1:]
-    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
-        sdk = _lightning_sdk_cli()
-        if sdk is not None:
-            return sdk()
-        _print_help()
-        print(
-            f"error: unknown command '{argv[0]}'; expected one of {', '.join(SUBCOMMANDS)}.", file=sys.stderr
-        )
-        return 2
-    return main()
-
-
-def _lightning_sdk_cli() -> Callable[[], int] | None:
-    """The entry point of the ``lightning-sdk`` package's CLI, when that package is installed."""
-    if util.find_spec("lightning_sdk") is None:
-        return None
-    for entry in metadata.entry_points(group="console_scripts", name="lightning-sdk"):
-        return entry.load()
-    return None
-
-
-def _print_help() -> None:
-    print(help_text("lightning"), end="")

@@ -1,40 +1,13 @@
 """The entry points of ``lightning``, ``lightning-seq`` and ``python -m lightning_seq``, light enough that
 ``lightning --help`` answers at once: torch, Lightning and the model families are imported (by
-:mod:`lightning_seq.cli`) only when a command runs. This module imports nothing of the package.
+:mod:`lightning_seq.cli`) only when a command runs. Of the package, it imports only the help's text.
 """
 
 import sys
+from collections.abc import Callable
+from importlib import metadata, util
 
-SUBCOMMANDS = ("fit", "validate", "test", "predict", "submit")
-SUBCOMMAND_HELP = {
-    "fit": "Train a recipe (resume with --ckpt_path last).",
-    "validate": "Score a checkpoint on the validation split (--ckpt_path).",
-    "test": "Score a checkpoint on the test split (--ckpt_path).",
-    "predict": "Run a checkpoint on new inputs; writes predictions.jsonl beside it (--ckpt_path).",
-    "submit": "Run a recipe as a Slurm batch job, on one node or several.",
-}
-DESCRIPTION = "lightning_seq: train sequence and generative models from YAML recipes."
-
-
-def help_text(program: str) -> str:
-    """The help of ``lightning --help``: the commands, each in one sentence, and where to read more."""
-    commands = "\n".join(f"  {name:<10}{line}" for name, line in SUBCOMMAND_HELP.items())
-    return f"""usage: {program} {{{",".join(SUBCOMMANDS)}}} --config RECIPE [options]
-
-{DESCRIPTION}
-
-commands:
-{commands}
-
-  {program} fit --config recipes/char_lstm.yaml                   train the first recipe to try
-  {program} fit --config recipes/char_lstm.yaml --print_config    the whole config, every default
-  {program} fit --help                                            the options of one command
-
-options:
-  -h, --help  Show this help and exit.
-
-Recipes are in recipes/ (README.md, "Recipes"); a run writes to runs/<recipe>/version_N/.
-"""
+from lightning_seq.help import SUBCOMMANDS, help_text
 
 
 def _wants_help(argv: list[str]) -> bool:
@@ -42,7 +15,7 @@ def _wants_help(argv: list[str]) -> bool:
 
 
 def main(args: list[str] | None = None) -> int:
-    """``lightning-seq`` and ``python -m lightning_seq``: see :func:`lightning_seq.cli.main`."""
+    """``lightning-seq`` and ``python -m lightning_seq``: the help, or :func:`lightning_seq.cli.main`."""
     if _wants_help(sys.argv[1:] if args is None else args):
         print(help_text("lightning-seq"), end="")
         return 0
@@ -52,10 +25,31 @@ def main(args: list[str] | None = None) -> int:
 
 
 def lightning_main() -> int:
-    """``lightning``: see :func:`lightning_seq.cli.lightning_main`."""
-    if _wants_help(sys.argv[1:]):
+    """The ``lightning`` command: ours, or the Lightning cloud CLI (``lightning-sdk``) for its commands.
+
+    ``lightning-sdk`` installs a ``lightning`` command too. A first argument that is none of our
+    subcommands (and no option) goes to it when it is installed; otherwise we show our help.
+    """
+    argv = sys.argv[1:]
+    if _wants_help(argv):
         print(help_text("lightning"), end="")
         return 0
-    from lightning_seq import cli
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        sdk = _lightning_sdk_cli()
+        if sdk is not None:
+            return sdk()
+        print(help_text("lightning"), end="")
+        print(
+            f"error: unknown command '{argv[0]}'; expected one of {', '.join(SUBCOMMANDS)}.", file=sys.stderr
+        )
+        return 2
+    return main()
 
-    return cli.lightning_main()
+
+def _lightning_sdk_cli() -> Callable[[], int] | None:
+    """The entry point of the ``lightning-sdk`` package's CLI, when that package is installed."""
+    if util.find_spec("lightning_sdk") is None:
+        return None
+    for entry in metadata.entry_points(group="console_scripts", name="lightning-sdk"):
+        return entry.load()
+    return None
