@@ -116,6 +116,9 @@ class GAN(GenerativeModule):
             is still one pass over the data: raise the batch size with it).
         label_smoothing: one-sided smoothing of the real target of the ``bce`` loss (e.g. 0.1).
         r1_gamma: weight ``gamma`` of the R1 penalty ``gamma / 2 * E ||grad D(x)||^2``; 0 turns it off.
+        r1_every: apply R1 on every this many discriminator steps, weighted by ``r1_every`` (lazy
+            regularisation, Karras et al., 2020): the same penalty on average, its double backward on a
+            fraction of the steps.
         aux_weight: weight of AC-GAN's class losses (conditional nets whose discriminator has
             ``scores_and_classes`` returning class logits, e.g. ``DCGAN(aux_classifier=true)``); 0: off.
         ema_decay: decay of the moving average of the generator's weights; null keeps no average.
@@ -139,6 +142,7 @@ class GAN(GenerativeModule):
         n_critic: int = 1,
         label_smoothing: float = 0.0,
         r1_gamma: float = 0.0,
+        r1_every: int = 1,
         aux_weight: float = 0.0,
         ema_decay: float | None = 0.999,
         discriminator_optimizer: OptimizerFactory | None = None,
@@ -150,7 +154,9 @@ class GAN(GenerativeModule):
         lr_schedule: Literal["constant", "cosine"] = "constant",
         **kwargs,
     ):
-        _check_settings(net, loss, n_critic, label_smoothing, r1_gamma, aux_weight, ema_decay, pixels)
+        _check_settings(
+            net, loss, n_critic, label_smoothing, r1_gamma, r1_every, aux_weight, ema_decay, pixels
+        )
         super().__init__(
             net, pixels=pixels, optimizer=optimizer or default_optimizer, warmup_steps=warmup_steps,
             lr_schedule=lr_schedule, **kwargs,
@@ -204,7 +210,8 @@ class GAN(GenerativeModule):
         n, size = self.hparams.n_critic, real.shape[0]
         if n == 1:  # one generator forward: the generator step reuses the discriminator step's fakes
             fake = self.net.generator(self._noise(batch, _GENERATOR_STREAM), labels)
-            d_stats = self.discriminator_step(d_opt, real, fake.detach(), labels)
+            r1 = self.r1_weight(self.global_step)
+            d_stats = self.discriminator_step(d_opt, real, fake.detach(), labels, r1)
         else:
             for k in range(n):  # discriminator step k on part k of the batch, with its own noise
                 part = slice(size * k // n, size * (k + 1) // n)
@@ -212,7 +219,8 @@ class GAN(GenerativeModule):
                 sub_labels = self.batch_labels(sub)
                 with torch.no_grad():
                     fakes = self.net.generator(self._noise(sub, k), sub_labels)
-                d_stats = self.discriminator_step(d_opt, real[part], fakes, sub_labels)
+                r1 = self.r1_weight(self.global_step * n + k)
+                d_stats = self.discriminator_step(d_opt, real[part], fakes, sub_labels, r1)
             fake = self.net.generator(self._noise(batch, _GENERATOR_STREAM), labels)
         g_stats = self.generator_step(g_opt, fake, labels)
         for name in ("discriminator", "generator"):
@@ -225,20 +233,32 @@ class GAN(GenerativeModule):
                 {**d_stats, **g_stats}, prog_bar=True, on_step=True, on_epoch=False, batch_size=size
             )
 
+    def r1_weight(self, d_step: int) -> float:
+        """The R1 weight of the run's discriminator step ``d_step`` (from 0): ``r1_gamma * r1_every`` on
+        every ``r1_every``-th, else 0 (a function of the step, so a resumed run penalises the same steps)."""
+        hp = self.hparams
+        return hp.r1_gamma * hp.r1_every if hp.r1_gamma > 0 and d_step % hp.r1_every == 0 else 0.0
+
     def discriminator_step(
-        self, optimizer: LightningOptimizer, real: Tensor, fake: Tensor, labels: Tensor | None
+        self,
+        optimizer: LightningOptimizer,
+        real: Tensor,
+        fake: Tensor,
+        labels: Tensor | None,
+        r1_weight: float = 0.0,
     ) -> dict[str, Tensor]:
         """One update of the discriminator on real and (detached) fake images ``(b, C, H, W)`` in
-        ``[-1, 1]``, not counted as a trainer step; its detached losses and outputs by metric name."""
+        ``[-1, 1]``, with the R1 penalty weighted by ``r1_weight`` (0: none), not counted as a trainer
+        step; its detached losses and outputs by metric name."""
         hp = self.hparams
         with self.toggled_optimizer(optimizer):
-            if hp.r1_gamma > 0:
+            if r1_weight > 0:
                 real = real.detach().requires_grad_(True)
             real_scores, real_classes = self.discriminate(real, labels)  # (b,), (b, K) or None
             fake_scores, _ = self.discriminate(fake, labels)  # (b,)
             loss = discriminator_loss(real_scores, fake_scores, hp.loss, hp.label_smoothing)
-            if hp.r1_gamma > 0:
-                loss = loss + 0.5 * hp.r1_gamma * r1_penalty(real_scores, real)
+            if r1_weight > 0:
+                loss = loss + 0.5 * r1_weight * r1_penalty(real_scores, real)
             if real_classes is not None:
                 loss = loss + hp.aux_weight * F.cross_entropy(real_classes, labels)
             optimizer.zero_grad()
@@ -319,6 +339,7 @@ def _check_settings(
     n_critic: int,
     label_smoothing: float,
     r1_gamma: float,
+    r1_every: int,
     aux_weight: float,
     ema_decay: float | None,
     pixels: str,
@@ -340,6 +361,8 @@ def _check_settings(
         raise InputError(f"{field}.label_smoothing: only for the bce loss. Fix: set it to 0 with hinge.")
     if not (r1_gamma >= 0 and math.isfinite(r1_gamma)):
         raise InputError(f"{field}.r1_gamma: expected a weight >= 0 (0: no penalty), got {r1_gamma}.")
+    if not (isinstance(r1_every, int) and r1_every >= 1):
+        raise InputError(f"{field}.r1_every: expected R1 every 1 or more D steps, got {r1_every}.")
     if not (aux_weight >= 0 and math.isfinite(aux_weight)):
         raise InputError(f"{field}.aux_weight: expected a weight >= 0 (0: no class loss), got {aux_weight}.")
     head = getattr(net.discriminator, "classifier", True)  # DCGAN's: None without aux_classifier

@@ -130,6 +130,13 @@ def test_the_noise_of_an_item_does_not_depend_on_its_batch():
     assert not torch.equal(together, model.item_noise(index, 1))
 
 
+def test_lazy_r1_penalises_every_kth_discriminator_step_k_times_as_much():
+    lazy, every_step = _model(r1_gamma=2.0, r1_every=4), _model(r1_gamma=2.0)
+    assert [lazy.r1_weight(step) for step in range(9)] == [8.0, 0, 0, 0, 8.0, 0, 0, 0, 8.0]
+    assert sum(lazy.r1_weight(s) for s in range(400)) == sum(every_step.r1_weight(s) for s in range(400))
+    assert _model().r1_weight(0) == 0.0  # no R1
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
@@ -138,6 +145,7 @@ def test_the_noise_of_an_item_does_not_depend_on_its_batch():
         ({"label_smoothing": 1.0}, "model.init_args.label_smoothing"),
         ({"loss": "hinge", "label_smoothing": 0.1}, "only for the bce loss"),
         ({"r1_gamma": -1.0}, "model.init_args.r1_gamma"),
+        ({"r1_every": 0}, "model.init_args.r1_every"),
         ({"ema_decay": 1.0}, "model.init_args.ema_decay"),
         ({"pixels": "uint8"}, "model.init_args.pixels: a GAN's generator draws images in \\[-1, 1\\]"),
         ({"aux_weight": -0.5}, "model.init_args.aux_weight: expected a weight >= 0"),
