@@ -1,4 +1,5 @@
-"""The command line: ``lightning``, ``lightning-seq`` and ``python -m lightning_seq``.
+"""The command line behind ``lightning``, ``lightning-seq`` and ``python -m lightning_seq`` (their entry
+points, and the help they print without importing this module, are in :mod:`lightning_seq.commands`).
 
 One LightningCLI with ``fit``, ``validate``, ``test`` and ``predict``; the model and DataModule are
 chosen by ``class_path`` in the recipe. Sizes that the data determines (vocabulary size, padding id,
@@ -804,27 +805,25 @@ class LightningSeqCLI(LightningCLI):
         remove_leftovers(runs_folder(config["trainer"]), keep=keep)  # once nothing can refuse the run
 
     def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> Trainer:
-        """The recipe's Trainer, writing checkpoints atomically; in ``fit``, plus the safety callbacks and
-        the progress bar that counts steps. A setting Lightning rejects is one line naming it."""
-        plugins = config.get("plugins") or []
-        plugins = plugins if isinstance(plugins, list) else [plugins]
+        """The recipe's Trainer, writing checkpoints atomically, with the progress bar that counts steps;
+        in ``fit``, plus the safety callbacks; in the other commands, without the callbacks that only
+        act in training, and in ``predict`` with no config.yaml. A setting Lightning rejects is one line
+        naming it."""
+        plugins = _listed(config.get("plugins"))
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
         if self.subcommand != "fit":
             config["callbacks"] = _evaluation_callbacks(config.get("callbacks"))
         callbacks = [*callbacks, *_default_callbacks(config, callbacks, fit=self.subcommand == "fit")]
         check_trainer_counts(config)
-        save_config = self.save_config_callback
         if self.subcommand == "predict":
-            self.save_config_callback = None  # no run folder: no config.yaml
+            self.save_config_callback = None  # no run folder: no config.yaml (a CLI runs one command)
         try:
             return super()._instantiate_trainer(config, callbacks)
         except (MisconfigurationException, ValueError) as err:
             if isinstance(err, InputError):
                 raise
             raise trainer_setting_error(err) from None
-        finally:
-            self.save_config_callback = save_config
 
     def after_predict(self) -> None:
         """Show text predictions and save every prediction, one JSON line each, to ``--output`` or beside the
@@ -1167,8 +1166,7 @@ def _default_callbacks(config: dict, callbacks: list[Callback], fit: bool) -> li
     Slurm's signal, the W&B run id keeper and (unless off) the model summary without FLOPs that nothing
     counted; in every command, unless off, the progress bar that counts steps and shows a true it/s
     (plain lines when standard output is not a terminal)."""
-    given = config.get("callbacks") or []
-    present = [*(given if isinstance(given, list) else [given]), *callbacks]
+    present = [*_listed(config.get("callbacks")), *callbacks]
     kinds = {type(c) for c in present}
     safety = (NonFiniteLoss(), RequeueOnSignal(), RunIdentity()) if fit else ()
     added: list[Callback] = [c for c in safety if type(c) not in kinds]
@@ -1187,8 +1185,12 @@ def _evaluation_callbacks(given: object) -> list[Callback]:
     training: checkpoint callbacks (which save nothing here, and warn that their folder has changed) and
     weight averaging (the checkpoint's weights are its average already: Lightning saves the average as
     the state dict, and warns here that it cannot restore its own state)."""
-    callbacks = given if isinstance(given, list) else [] if given is None else [given]
-    return [c for c in callbacks if not isinstance(c, (Checkpoint, WeightAveraging))]
+    return [c for c in _listed(given) if not isinstance(c, (Checkpoint, WeightAveraging))]
+
+
+def _listed(value: object) -> list:
+    """A Trainer setting that takes one item or a list of them (``callbacks``, ``plugins``), as a list."""
+    return [] if value is None else value if isinstance(value, list) else [value]
 
 
 def check_trainer_counts(config: dict) -> None:
