@@ -8,8 +8,10 @@ valid.txt and test.txt. Every token is a word or a line end, as in the reference
 **Speed.** The same training step (2x200 LSTM, untied 200-d embeddings, dropout 0.2, BPTT 35 over 20
 streams, SGD at lr 20, clipping at 0.25) through our LanguageModel + Trainer, and in a hand-written
 loop in the reference's own layout: a sequence-first ``nn.LSTM`` over ``(T, B)`` batches cut as its
-``batchify``/``get_batch`` cut them, log-softmax + NLL, and its update ``p -= lr * grad``; and, to
-tell the layout from the framework, that loop driving our batch-first net. All start from one set
+``batchify``/``get_batch`` cut them, torch's ``nn.Linear`` out, log-softmax + NLL, and its update
+``p -= lr * grad``; and, to tell the layout, the output layer and the framework apart, that loop
+driving our batch-first net with torch's ``nn.Linear`` out, then with its own ``OutputLinear``
+(:mod:`lightning_seq.layers.output`: the logits in column blocks on CPU). All start from one set
 of weights; they run alternately in rounds in this process, the first steps of each run not
 timed. All run with malloc keeping freed memory, as the ``lightning`` command sets it
 (``--system-malloc``: as the system sets it, for all).
@@ -47,6 +49,7 @@ from torch import nn
 
 from lightning_seq.data import TextDataModule, TokenizerConfig
 from lightning_seq.decoding import detach_state
+from lightning_seq.layers.output import BLOCK, _BlockedLinear, _blocks_help
 from lightning_seq.modules import LanguageModel
 from lightning_seq.nets import RNNLM
 from lightning_seq.utils import keep_freed_memory
@@ -79,7 +82,8 @@ class ReferenceLayout(nn.Module):
 
     def __init__(self, net: RNNLM):
         super().__init__()
-        self.encoder, self.decoder = copy.deepcopy(net.embedding), copy.deepcopy(net.out)
+        self.encoder = copy.deepcopy(net.embedding)
+        self.decoder = torch_linear(net.out)
         self.drop = nn.Dropout(DROPOUT)
         self.rnn = nn.LSTM(SIZE, SIZE, LAYERS, dropout=DROPOUT)  # batch_first=False
         self.rnn.load_state_dict(net.rnn.rnn.state_dict())
@@ -88,6 +92,13 @@ class ReferenceLayout(nn.Module):
         output, hidden = self.rnn(self.drop(self.encoder(tokens)), hidden)  # (T, B, H)
         decoded = self.decoder(self.drop(output)).view(-1, self.decoder.out_features)
         return F.log_softmax(decoded, dim=1), hidden
+
+
+def torch_linear(layer: nn.Linear) -> nn.Linear:
+    """torch's own ``nn.Linear`` with the weights of ``layer`` (ours is an ``OutputLinear``)."""
+    plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+    plain.load_state_dict(layer.state_dict())
+    return plain
 
 
 def reference_loop(net: RNNLM, stream: torch.Tensor, steps: int, warmup: int) -> float:
@@ -116,9 +127,12 @@ def reference_loop(net: RNNLM, stream: torch.Tensor, steps: int, warmup: int) ->
     return (time.perf_counter() - start) / (steps - warmup)
 
 
-def net_loop(net: RNNLM, stream: torch.Tensor, steps: int, warmup: int) -> float:
-    """The same loop driving our batch-first net on the same streams (the layout alone); seconds per step."""
+def net_loop(net: RNNLM, stream: torch.Tensor, steps: int, warmup: int, torch_out: bool = False) -> float:
+    """The same loop driving our batch-first net on the same streams, with its own output layer or
+    (``torch_out``) torch's ``nn.Linear``; seconds per step."""
     model = copy.deepcopy(net).train()
+    if torch_out:
+        model.out = torch_linear(model.out)
     nbatch = stream.size(0) // BATCH
     data = stream[: nbatch * BATCH].view(BATCH, -1)  # (B, N): the same streams, batch-first
     state, start = None, None
@@ -158,20 +172,50 @@ def speed(data_dir: Path, steps: int, warmup: int, rounds: int) -> None:
     torch.manual_seed(0)
     net = RNNLM(dm.vocab_size, "lstm", SIZE, SIZE, LAYERS, dropout=DROPOUT, tie_weights=False)
     reference_loop(net, stream, 2 * warmup, warmup)  # the process's first steps are slow (allocator, pages)
-    theirs, layout, ours = [], [], []
+    theirs, layout, blocked, ours = [], [], [], []
     for _ in range(rounds):
         theirs.append(reference_loop(net, stream, steps, warmup))
-        layout.append(net_loop(net, stream, steps, warmup))
+        layout.append(net_loop(net, stream, steps, warmup, torch_out=True))
+        blocked.append(net_loop(net, stream, steps, warmup))
         ours.append(our_loop(net, dm, steps, warmup))
-    t, n, o = statistics.median(theirs), statistics.median(layout), statistics.median(ours)
+    sides = {"reference loop and layout, torch's nn.Linear out": theirs,
+             "our net (batch-first), same loop, torch's nn.Linear out": layout,
+             "our net, same loop, its OutputLinear": blocked, "LanguageModel + Trainer": ours}  # fmt: skip
+    base = statistics.median(theirs)
+    setup = f"{LAYERS}x{SIZE} LSTM, bptt {BPTT}, batch {BATCH}, SGD lr {LR:g}, clip {CLIP}"
     timed = f"{steps - warmup} timed steps a run"
     print(f"\nvocabulary {dm.vocab_size} words, {torch.get_num_threads()} threads, {timed}")
-    print("| setup | reference layout ms/step | our net (batch-first), same loop | ratio | "
-          "LanguageModel + Trainer ms/step | ratio |\n|---|---|---|---|---|---|")  # fmt: skip
-    setup = f"{LAYERS}x{SIZE} LSTM, bptt {BPTT}, batch {BATCH}, SGD lr {LR:g}, clip {CLIP}"
-    print(f"| {setup} | {1e3 * t:.1f} | {1e3 * n:.1f} | {n / t:.3f} | {1e3 * o:.1f} | {o / t:.3f} |")
-    runs = ", ".join("/".join(f"{1e3 * x:.1f}" for x in r) for r in zip(theirs, layout, ours, strict=True))
-    print(f"\nrounds (reference / our net / ours, ms): {runs}")
+    print(f"| {setup} | ms/step (median of {rounds} rounds) | ratio to the reference |\n|---|---|---|")
+    for name, times in sides.items():
+        print(f"| {name} | {1e3 * statistics.median(times):.1f} | {statistics.median(times) / base:.3f} |")
+    runs = ", ".join("/".join(f"{1e3 * x:.1f}" for x in r) for r in zip(*sides.values(), strict=True))
+    print(f"\nrounds (the rows above in order, ms): {runs}")
+
+
+def gemm(rows: int = BPTT * BATCH, repeats: int = 15) -> None:
+    """The output layer's forward alone: one GEMM (``F.linear``) against blocks of output columns, for
+    the word LSTM's shape at the benchmark's vocabulary and at two sizes that are multiples of 16."""
+    print(f"\n| logits of {rows} x {SIZE} -> V | one GEMM (F.linear) | blocks of {BLOCK} columns | "
+          "OutputLinear uses |\n|---|---|---|---|")  # fmt: skip
+    for vocab in (24_000, 24_033, 24_048):
+        x, weight, bias = torch.randn(rows, SIZE), torch.randn(vocab, SIZE), torch.randn(vocab)
+        args = (x, weight, bias)
+        with torch.no_grad():
+            one = median_time(partial(F.linear, *args), repeats)
+            blocks = median_time(partial(_BlockedLinear.apply, *args, BLOCK), repeats)
+        used = "blocks" if _blocks_help(x, weight) else "one GEMM"
+        print(f"| {vocab:,} | {1e3 * one:.1f} ms | {1e3 * blocks:.1f} ms | {used} |")
+
+
+def median_time(fn, repeats: int) -> float:
+    for _ in range(3):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def quality(data_dir: Path, reference: Path, work: Path, seeds: list[int]) -> None:
@@ -229,6 +273,7 @@ def main() -> None:
         counts = prepare(args.corpus, work / "data")
         print(f"tokens (words and line ends): {counts}; perplexities are per token")
         if not args.skip_speed:
+            gemm()
             speed(work / "data", args.steps, args.warmup, args.rounds)
         if args.reference is not None:
             quality(work / "data", args.reference, work, args.seeds)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from lightning_seq.errors import InputError, check_choice, check_positive
 from lightning_seq.layers.additive_attention import AdditiveAttention
 from lightning_seq.layers.channel_attention import ConditionalChannelAttention
+from lightning_seq.layers.output import OutputLinear
 from lightning_seq.layers.positions import LearnedPositions, SinusoidalPositions, sinusoidal_embedding
 from lightning_seq.layers.transformer import TransformerDecoder
 from lightning_seq.nets._presets import Presets
@@ -335,9 +336,9 @@ class ShowAttendTell(Presets, _CaptionNet):
         if deep_output:
             self.out_h = nn.Linear(hidden_size, embed_dim)  # L_h
             self.out_z = nn.Linear(d, embed_dim, bias=False) if self.has_context else None  # L_z
-            self.out = nn.Linear(embed_dim, vocab_size)  # L_o
+            self.out = OutputLinear(embed_dim, vocab_size)  # L_o
         else:
-            self.out = nn.Linear(hidden_size, vocab_size)
+            self.out = OutputLinear(hidden_size, vocab_size)
         self.drop = nn.Dropout(dropout)
         nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
         nn.init.zeros_(self.out.bias)
@@ -567,7 +568,7 @@ class TransformerCaptioner(Presets, _CaptionNet):
             dim, depth, heads, mlp_ratio=mlp_ratio, dropout=dropout, attn_dropout=attn_dropout,
             norm_first=norm_first,
         )  # fmt: skip
-        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head = OutputLinear(dim, vocab_size, bias=False)
         self._init_weights()
         if tie_weights:
             self.head.weight = self.embedding.weight

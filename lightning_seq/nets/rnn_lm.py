@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Literal
 from torch import Tensor, nn
 
 from lightning_seq.errors import InputError
+from lightning_seq.layers.output import OutputLinear
 from lightning_seq.layers.recurrent import Recurrent, RecurrentState
 from lightning_seq.nets._presets import Presets
 
@@ -87,7 +88,7 @@ class RNNLM(Presets, nn.Module):
         self.drop = nn.Dropout(dropout)
         needs_proj = tie_weights and hidden_size != embed_dim
         self.proj = nn.Linear(hidden_size, embed_dim) if needs_proj else None
-        self.out = nn.Linear(embed_dim if tie_weights else hidden_size, vocab_size)
+        self.out = OutputLinear(embed_dim if tie_weights else hidden_size, vocab_size)
         self._init_weights()
         if tie_weights:
             self.out.weight = self.embedding.weight

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from lightning_seq.errors import InputError, check_positive
 from lightning_seq.layers.additive_attention import AdditiveAttention
+from lightning_seq.layers.output import OutputLinear
 from lightning_seq.layers.positions import LearnedPositions, SinusoidalPositions
 from lightning_seq.layers.recurrent import Recurrent, RecurrentState
 from lightning_seq.layers.transformer import TransformerEncoderDecoder
@@ -197,7 +198,7 @@ class RNNSeq2Seq(Presets, nn.Module):
         self.decoder = Recurrent(cell, embed_dim + memory_dim, hidden_size, num_layers, dropout, impl)
         self.attention = AdditiveAttention(hidden_size, memory_dim, attn_dim or hidden_size)
         self.combine = nn.Linear(hidden_size + memory_dim, embed_dim if tie_weights else hidden_size)
-        self.out = nn.Linear(embed_dim if tie_weights else hidden_size, tgt_vocab_size)
+        self.out = OutputLinear(embed_dim if tie_weights else hidden_size, tgt_vocab_size)
         self.drop = nn.Dropout(dropout)
         for embedding in (self.src_embedding, self.tgt_embedding):
             nn.init.uniform_(embedding.weight, -0.1, 0.1)
@@ -351,7 +352,7 @@ class TransformerSeq2Seq(Presets, nn.Module):
             dim, encoder_depth, decoder_depth, heads, mlp_ratio=mlp_ratio, dropout=dropout,
             attn_dropout=attn_dropout, norm_first=norm_first,
         )  # fmt: skip
-        self.head = nn.Linear(dim, tgt_vocab_size, bias=False)
+        self.head = OutputLinear(dim, tgt_vocab_size, bias=False)
         self._init_weights()
         if tie_weights:
             self.head.weight = self.tgt_embedding.weight

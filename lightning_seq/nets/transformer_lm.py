@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_seq.errors import InputError
+from lightning_seq.layers.output import OutputLinear
 from lightning_seq.layers.positions import LearnedPositions, SinusoidalPositions
 from lightning_seq.layers.transformer import AttentionKind, TransformerEncoder
 from lightning_seq.nets._presets import Presets
@@ -116,7 +117,7 @@ class TransformerLM(Presets, nn.Module):
             dim, depth, heads, mlp_ratio, dropout=dropout, attn_dropout=dropout, norm_first=norm_first,
             attention=attention, bias=bias,
         )  # fmt: skip
-        self.head = nn.Linear(dim, vocab_size, bias=False)
+        self.head = OutputLinear(dim, vocab_size, bias=False)
         self._init_weights(depth)
         if tie_weights:
             self.head.weight = self.embedding.weight
