@@ -3,9 +3,10 @@
 A language model's last layer writes a wide ``(rows, V)`` matrix of logits from a narrow input
 (``rows x 200 -> rows x 24,033`` for the classic word LSTM). On CPU, when ``V`` is not a multiple
 of 16, the rows of that matrix do not start on 64-byte boundaries and one GEMM call writes it at
-about two thirds of its usual speed (MKL, 2 cores: 61 ms against 41 ms for 700 x 200 -> 24,033;
-``V = 24,000`` or ``24,048`` take 41 ms). Computing the same products in blocks of 512 output
-columns, each block written where it belongs in one contiguous result, brings it back to 41 ms.
+about two thirds of its usual speed (MKL, 2 cores: 61 ms for 700 x 200 -> 24,033, where
+``V = 24,000`` or ``24,048`` take 43-45 ms). Computing the same products in blocks of 512 output
+columns, each block written where it belongs in one contiguous result, takes 43 ms
+(``benchmarks/word_lm.py``; ``benchmarks/RESULTS.md``).
 The backward pass is ``nn.Linear``'s: two GEMMs (not slowed: their outputs are narrow) and a column
 sum.
 
