@@ -2,6 +2,8 @@
 
 import statistics
 import tempfile
+import time
+from collections.abc import Callable
 
 import lightning as L
 import torch
@@ -40,3 +42,15 @@ def print_step_table(setup: str, ours_name: str, plain: list[float], ours: list[
     print(f"| {setup} | {p:.1f} | {o:.1f} | {o / p:.3f} | {1e3 * batch / o:.0f} |")
     rounds = ", ".join(f"{a:.1f}/{b:.1f}" for a, b in zip(plain, ours, strict=True))
     print(f"\nrounds (plain / ours, ms): {rounds}")
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 0) -> float:
+    """The median wall time of ``repeats`` calls of ``fn``, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

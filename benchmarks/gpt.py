@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import bench_trainer, plain_optimization
+from _common import bench_trainer, median_seconds, plain_optimization
 from overhead import StepTimer
 
 from lightning_seq.data import TextDataModule
@@ -176,14 +176,10 @@ def attention_case(kind: str, n: int, repeats: int) -> dict:
     def step() -> None:
         layer(x, causal=True).sum().backward()
 
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
+    seconds = median_seconds(step, repeats)
     layer.zero_grad(set_to_none=True)
     x.grad = None
-    return {"seconds": statistics.median(times), "mib": peak_tensor_bytes(step) / 2**20}
+    return {"seconds": seconds, "mib": peak_tensor_bytes(step) / 2**20}
 
 
 def attention(lengths: list[int], repeats: int) -> None:

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from _common import bench_trainer
+from _common import bench_trainer, median_seconds
 from overhead import StepTimer
 from torch import nn
 
@@ -201,21 +201,10 @@ def gemm(rows: int = BPTT * BATCH, repeats: int = 15) -> None:
         x, weight, bias = torch.randn(rows, SIZE), torch.randn(vocab, SIZE), torch.randn(vocab)
         args = (x, weight, bias)
         with torch.no_grad():
-            one = median_time(partial(F.linear, *args), repeats)
-            blocks = median_time(partial(_BlockedLinear.apply, *args, BLOCK), repeats)
+            one = median_seconds(partial(F.linear, *args), repeats, warmup=3)
+            blocks = median_seconds(partial(_BlockedLinear.apply, *args, BLOCK), repeats, warmup=3)
         used = "blocks" if _blocks_help(x, weight) else "one GEMM"
         print(f"| {vocab:,} | {1e3 * one:.1f} ms | {1e3 * blocks:.1f} ms | {used} |")
-
-
-def median_time(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def quality(data_dir: Path, reference: Path, work: Path, seeds: list[int]) -> None:

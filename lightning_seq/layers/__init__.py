@@ -25,7 +25,7 @@ from lightning_seq.layers.linear_attention import (
     linear_attention_reference,
 )
 from lightning_seq.layers.masked_conv import GatedBlock, MaskedConv2d, raster_mask, shift_down
-from lightning_seq.layers.output import OutputLinear, blocked_linear
+from lightning_seq.layers.output import OutputLinear
 from lightning_seq.layers.patches import PatchEmbedding, patch_grid
 from lightning_seq.layers.positions import (
     LearnedPositions,
@@ -109,7 +109,6 @@ __all__ = [
     "WindowAttention",
     "attention_fused",
     "attention_reference",
-    "blocked_linear",
     "causal_mask",
     "diagonal_normal_log_prob",
     "drop_path_rates",

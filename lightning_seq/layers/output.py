@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-__all__ = ["OutputLinear", "blocked_linear"]
+__all__ = ["OutputLinear"]
 
 BLOCK = 512  # output columns per GEMM call
 MAX_ROWS = 4096
@@ -43,7 +43,7 @@ class _BlockedLinear(torch.autograd.Function):
             else:
                 torch.addmm(bias[cols], x2, weight[cols].t(), out=out[:, cols])
         ctx.save_for_backward(x2, weight)
-        ctx.has_bias, ctx.in_shape = bias is not None, x.shape
+        ctx.in_shape = x.shape
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
@@ -53,7 +53,7 @@ class _BlockedLinear(torch.autograd.Function):
         g = grad.reshape(-1, weight.shape[0])  # (N, V)
         grad_x = (g @ weight).view(ctx.in_shape) if ctx.needs_input_grad[0] else None
         grad_w = g.t() @ x2 if ctx.needs_input_grad[1] else None
-        grad_b = g.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_b = g.sum(0) if ctx.needs_input_grad[2] else None  # False too when there is no bias
         return grad_x, grad_w, grad_b, None
 
 
@@ -71,16 +71,11 @@ def _blocks_help(x: Tensor, weight: Tensor) -> bool:
     )
 
 
-def blocked_linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, in blocks of output columns where that is faster (CPU, odd widths)."""
-    if _blocks_help(x, weight):
-        return _BlockedLinear.apply(x, weight, bias, BLOCK)
-    return F.linear(x, weight, bias)
-
-
 class OutputLinear(nn.Linear):
     """``nn.Linear`` for a vocabulary-sized output: the same parameters, ``state_dict`` and result,
-    computed by :func:`blocked_linear` (faster on CPU when ``out_features`` is not a multiple of 16)."""
+    in blocks of output columns where that is faster (CPU, ``out_features`` not a multiple of 16)."""
 
     def forward(self, x: Tensor) -> Tensor:
-        return blocked_linear(x, self.weight, self.bias)
+        if _blocks_help(x, self.weight):
+            return _BlockedLinear.apply(x, self.weight, self.bias, BLOCK)
+        return F.linear(x, self.weight, self.bias)
